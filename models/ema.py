@@ -1,0 +1,64 @@
+"""Exponential moving average of parameters, with score_sde_pytorch's decay warm-up and
+state-dict format (`decay`, `num_updates`, `shadow_params`)."""
+import torch
+
+
+class ExponentialMovingAverage:
+  """Shadow copies of the trainable parameters, updated as s <- s - (1 - decay) (s - p).
+
+  With `use_num_updates`, the decay of update n is min(decay, (1 + n) / (10 + n)), so early
+  averages are not dominated by the initial weights. Only parameters with `requires_grad`
+  are tracked (NCSN++'s fixed Fourier `W` is not), in `parameters()` order.
+  """
+
+  def __init__(self, parameters, decay, use_num_updates=True):
+    if not 0.0 <= decay <= 1.0:
+      raise ValueError(f'EMA decay must be in [0, 1], got {decay}.')
+    self.decay = decay
+    self.num_updates = 0 if use_num_updates else None
+    self.shadow_params = [p.clone().detach() for p in parameters if p.requires_grad]
+    self.collected_params = []
+
+  def update(self, parameters):
+    """Move the shadow parameters towards `parameters`; call after every optimizer step."""
+    decay = self.decay
+    if self.num_updates is not None:
+      self.num_updates += 1
+      decay = min(decay, (1 + self.num_updates) / (10 + self.num_updates))
+    one_minus_decay = 1.0 - decay
+    with torch.no_grad():
+      trainable = [p for p in parameters if p.requires_grad]
+      for s_param, param in zip(self.shadow_params, trainable):
+        s_param.sub_(one_minus_decay * (s_param - param))
+
+  def copy_to(self, parameters):
+    """Overwrite the trainable `parameters` with the averages."""
+    trainable = [p for p in parameters if p.requires_grad]
+    for s_param, param in zip(self.shadow_params, trainable):
+      param.data.copy_(s_param.data)
+
+  def store(self, parameters):
+    """Keep a copy of `parameters`, to `restore` after evaluating with the averages."""
+    self.collected_params = [param.clone() for param in parameters]
+
+  def restore(self, parameters):
+    """Put back the parameters saved by `store`."""
+    for c_param, param in zip(self.collected_params, parameters):
+      param.data.copy_(c_param.data)
+
+  def state_dict(self):
+    return dict(decay=self.decay, num_updates=self.num_updates, shadow_params=self.shadow_params)
+
+  def load_state_dict(self, state_dict):
+    shadow = state_dict['shadow_params']
+    if len(shadow) != len(self.shadow_params):
+      raise ValueError(f'EMA state has {len(shadow)} shadow parameters but the model has '
+                       f'{len(self.shadow_params)} trainable parameters: the checkpoint was '
+                       'written for another architecture.')
+    for i, (new, old) in enumerate(zip(shadow, self.shadow_params)):
+      if new.shape != old.shape:
+        raise ValueError(f'EMA shadow parameter {i} has shape {tuple(new.shape)} in the checkpoint '
+                         f'but {tuple(old.shape)} in the model.')
+    self.decay = state_dict['decay']
+    self.num_updates = state_dict['num_updates']
+    self.shadow_params = [s.to(old.device) for s, old in zip(shadow, self.shadow_params)]

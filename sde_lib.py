@@ -1,0 +1,284 @@
+"""Forward SDEs of Song et al. (2021), their reverse-time SDE / probability-flow ODE, and
+`get_sde(config)`, the one place a config becomes an SDE.
+
+Tensors `x` are batches (B, ...) and `t` is a float tensor of shape (B,) in [0, T].
+Each SDE also says how its time maps to the network's conditioning label and how the
+network's output becomes a score (`noise_label`, `output_to_score`): those are the
+conventions of the official checkpoints, kept here so that no sampler needs an
+`isinstance` test on SDE types.
+"""
+import abc
+
+import numpy as np
+import torch
+
+
+def _bcast(v, x):
+  """Reshape a per-example vector (B,) so it broadcasts against x (B, ...)."""
+  return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
+
+
+def _sum_except_batch(x):
+  return torch.sum(x, dim=tuple(range(1, x.ndim)))
+
+
+class SDE(abc.ABC):
+  """dx = f(x, t) dt + g(t) dw on t in [0, T], discretised with N steps (paper, Eq. 5)."""
+
+  def __init__(self, N):
+    super().__init__()
+    self.N = N  # number of discretisation steps
+
+  @property
+  @abc.abstractmethod
+  def T(self):
+    """End time of the SDE."""
+
+  @abc.abstractmethod
+  def sde(self, x, t):
+    """Drift f(x, t) of shape x.shape and diffusion g(t) of shape (B,)."""
+
+  @abc.abstractmethod
+  def marginal_prob(self, x, t):
+    """Mean (x.shape) and std (B,) of the perturbation kernel p_{0t}(x(t) | x(0) = x)."""
+
+  @abc.abstractmethod
+  def prior_sampling(self, shape, generator=None, device=None):
+    """Draw a batch of shape `shape` from the prior p_T."""
+
+  @abc.abstractmethod
+  def prior_logp(self, z):
+    """log p_T(z) per example, shape (B,), in nats."""
+
+  def discretize(self, x, t):
+    """x_{i+1} = x_i + f_i(x_i) + G_i z_i; Euler-Maruyama unless a subclass overrides it.
+
+    Returns:
+      f (x.shape) and G (B,).
+    """
+    dt = 1 / self.N
+    drift, diffusion = self.sde(x, t)
+    f = drift * dt
+    G = diffusion * torch.sqrt(torch.tensor(dt, device=t.device))
+    return f, G
+
+  def reverse(self, score_fn, probability_flow=False):
+    """The reverse-time SDE (Eq. 6), or the probability-flow ODE (Eq. 13) if `probability_flow`.
+
+    Args:
+      score_fn: callable (x, t) -> score of p_t at x, shape x.shape.
+      probability_flow: build the deterministic ODE (diffusion 0) instead of the SDE.
+    """
+    return ReverseSDE(self, score_fn, probability_flow)
+
+  # --- How the official networks are conditioned (score_sde_pytorch's get_score_fn). ---
+  @abc.abstractmethod
+  def noise_label(self, t, continuous):
+    """The label (B,) the network is called with at time t."""
+
+  @abc.abstractmethod
+  def output_to_score(self, output, t, labels, continuous):
+    """Turn the network's output at time t (called with `labels`) into the score."""
+
+
+class ReverseSDE:
+  """Reverse-time SDE / probability-flow ODE of a forward SDE; time still runs over [0, T]."""
+
+  def __init__(self, forward_sde, score_fn, probability_flow=False):
+    self.forward_sde = forward_sde
+    self.score_fn = score_fn
+    self.probability_flow = probability_flow
+    self.N = forward_sde.N
+
+  @property
+  def T(self):
+    return self.forward_sde.T
+
+  def sde(self, x, t):
+    """Drift f - g^2 s (SDE) or f - g^2 s / 2 (ODE); the ODE's diffusion is 0."""
+    drift, diffusion = self.forward_sde.sde(x, t)
+    score = self.score_fn(x, t)
+    drift = drift - _bcast(diffusion, x) ** 2 * score * (0.5 if self.probability_flow else 1.)
+    return drift, (0. if self.probability_flow else diffusion)
+
+  def discretize(self, x, t):
+    """Reverse of the forward discretisation (the reverse-diffusion sampler's update)."""
+    f, G = self.forward_sde.discretize(x, t)
+    rev_f = f - _bcast(G, x) ** 2 * self.score_fn(x, t) * (0.5 if self.probability_flow else 1.)
+    rev_G = torch.zeros_like(G) if self.probability_flow else G
+    return rev_f, rev_G
+
+
+def _standard_normal_logp(z, var=1.):
+  n = np.prod(z.shape[1:])
+  return -n / 2. * np.log(2 * np.pi * var) - _sum_except_batch(z ** 2) / (2 * var)
+
+
+class VPSDE(SDE):
+  """Variance-preserving SDE (DDPM's continuous limit): beta(t) = beta_0 + t (beta_1 - beta_0)."""
+
+  def __init__(self, beta_min=0.1, beta_max=20, N=1000):
+    super().__init__(N)
+    self.beta_0 = beta_min
+    self.beta_1 = beta_max
+    # DDPM's discrete chain (Ho et al. 2020), used by discretize and discrete-time models.
+    self.discrete_betas = torch.linspace(beta_min / N, beta_max / N, N)
+    self.alphas = 1. - self.discrete_betas
+    self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+    self.sqrt_alphas_cumprod = torch.sqrt(self.alphas_cumprod)
+    self.sqrt_1m_alphas_cumprod = torch.sqrt(1. - self.alphas_cumprod)
+
+  @property
+  def T(self):
+    return 1
+
+  def _log_mean_coeff(self, t):
+    return -0.25 * t ** 2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
+
+  def sde(self, x, t):
+    beta_t = self.beta_0 + t * (self.beta_1 - self.beta_0)
+    return -0.5 * _bcast(beta_t, x) * x, torch.sqrt(beta_t)
+
+  def marginal_prob(self, x, t):
+    log_mean_coeff = self._log_mean_coeff(t)
+    mean = _bcast(torch.exp(log_mean_coeff), x) * x
+    # Kept as sqrt(1 - exp(.)) rather than expm1 so scores match the official checkpoints'.
+    std = torch.sqrt(1. - torch.exp(2. * log_mean_coeff))
+    return mean, std
+
+  def prior_sampling(self, shape, generator=None, device=None):
+    return torch.randn(*shape, generator=generator, device=device)
+
+  def prior_logp(self, z):
+    return _standard_normal_logp(z)
+
+  def discretize(self, x, t):
+    """DDPM's ancestral chain: x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z."""
+    timestep = (t * (self.N - 1) / self.T).long()
+    beta = self.discrete_betas.to(x.device)[timestep]
+    alpha = self.alphas.to(x.device)[timestep]
+    f = _bcast(torch.sqrt(alpha), x) * x - x
+    return f, torch.sqrt(beta)
+
+  def noise_label(self, t, continuous):
+    # Continuous models see 999 t; discrete DDPM models the (unrounded) step index.
+    return t * 999 if continuous else t * (self.N - 1)
+
+  def output_to_score(self, output, t, labels, continuous):
+    # The network predicts the noise eps; score = -eps / std.
+    if continuous:
+      std = self.marginal_prob(torch.zeros_like(output), t)[1]
+    else:
+      std = self.sqrt_1m_alphas_cumprod.to(labels.device)[labels.long()]
+    return -output / _bcast(std, output)
+
+
+class subVPSDE(SDE):
+  """Sub-VP SDE (paper, Eq. 11): the VP drift with a diffusion discounted by 1 - exp(-2 int beta)."""
+
+  def __init__(self, beta_min=0.1, beta_max=20, N=1000):
+    super().__init__(N)
+    self.beta_0 = beta_min
+    self.beta_1 = beta_max
+
+  @property
+  def T(self):
+    return 1
+
+  def _log_mean_coeff(self, t):
+    return -0.25 * t ** 2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
+
+  def sde(self, x, t):
+    beta_t = self.beta_0 + t * (self.beta_1 - self.beta_0)
+    discount = 1. - torch.exp(-2 * self.beta_0 * t - (self.beta_1 - self.beta_0) * t ** 2)
+    return -0.5 * _bcast(beta_t, x) * x, torch.sqrt(beta_t * discount)
+
+  def marginal_prob(self, x, t):
+    log_mean_coeff = self._log_mean_coeff(t)
+    mean = _bcast(torch.exp(log_mean_coeff), x) * x
+    std = 1 - torch.exp(2. * log_mean_coeff)  # the variance of sub-VP is std**2: no sqrt here
+    return mean, std
+
+  def prior_sampling(self, shape, generator=None, device=None):
+    return torch.randn(*shape, generator=generator, device=device)
+
+  def prior_logp(self, z):
+    return _standard_normal_logp(z)
+
+  def noise_label(self, t, continuous):
+    return t * 999  # sub-VP models are always continuous (as in score_sde_pytorch)
+
+  def output_to_score(self, output, t, labels, continuous):
+    std = self.marginal_prob(torch.zeros_like(output), t)[1]
+    return -output / _bcast(std, output)
+
+
+class VESDE(SDE):
+  """Variance-exploding SDE (SMLD's continuous limit): sigma(t) = sigma_min (sigma_max/sigma_min)^t."""
+
+  def __init__(self, sigma_min=0.01, sigma_max=50, N=1000):
+    super().__init__(N)
+    self.sigma_min = sigma_min
+    self.sigma_max = sigma_max
+    self.discrete_sigmas = torch.exp(torch.linspace(np.log(sigma_min), np.log(sigma_max), N))
+
+  @property
+  def T(self):
+    return 1
+
+  def sde(self, x, t):
+    sigma = self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+    diffusion = sigma * torch.sqrt(torch.tensor(2 * (np.log(self.sigma_max) - np.log(self.sigma_min)),
+                                                device=t.device))
+    return torch.zeros_like(x), diffusion
+
+  def marginal_prob(self, x, t):
+    return x, self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+
+  def prior_sampling(self, shape, generator=None, device=None):
+    return torch.randn(*shape, generator=generator, device=device) * self.sigma_max
+
+  def prior_logp(self, z):
+    return _standard_normal_logp(z, var=self.sigma_max ** 2)
+
+  def discretize(self, x, t):
+    """SMLD's chain: x_{i+1} = x_i + sqrt(sigma_{i+1}^2 - sigma_i^2) z."""
+    timestep = (t * (self.N - 1) / self.T).long()
+    sigma = self.discrete_sigmas.to(t.device)[timestep]
+    adjacent_sigma = torch.where(timestep == 0, torch.zeros_like(t),
+                                 self.discrete_sigmas.to(t.device)[(timestep - 1).clamp(min=0)])
+    return torch.zeros_like(x), torch.sqrt(sigma ** 2 - adjacent_sigma ** 2)
+
+  def noise_label(self, t, continuous):
+    # Continuous models see sigma(t); discrete NCSN models the index of the reversed
+    # sigma ladder (index 0 is the largest sigma).
+    if continuous:
+      return self.marginal_prob(torch.zeros_like(t), t)[1]
+    return torch.round((self.T - t) * (self.N - 1)).long()
+
+  def output_to_score(self, output, t, labels, continuous):
+    return output  # NCSN-style networks output the score directly
+
+
+_SDES = {'vesde': (VESDE, 1e-5), 'vpsde': (VPSDE, 1e-3), 'subvpsde': (subVPSDE, 1e-3)}
+
+
+def get_sde(config):
+  """Build the forward SDE named by `config.training.sde` and its sampling eps.
+
+  Returns:
+    (sde, sampling_eps): the smallest time used by samplers (1e-5 for VE, 1e-3 for VP/sub-VP,
+    as in the paper's code).
+  """
+  name = config.training.sde.lower()
+  if name not in _SDES:
+    raise ValueError(f'Unknown SDE {config.training.sde!r} in config.training.sde. '
+                     f'Known SDEs: {", ".join(sorted(_SDES))}.')
+  cls, eps = _SDES[name]
+  if cls is VESDE:
+    sde = VESDE(sigma_min=config.model.sigma_min, sigma_max=config.model.sigma_max,
+                N=config.model.num_scales)
+  else:
+    sde = cls(beta_min=config.model.beta_min, beta_max=config.model.beta_max,
+              N=config.model.num_scales)
+  return sde, eps
