@@ -80,6 +80,16 @@ class SDE(abc.ABC):
   def output_to_score(self, output, t, labels, continuous):
     """Turn the network's output at time t (called with `labels`) into the score."""
 
+  # --- EDM's view of the marginals (Karras et al. 2022, Eq. 4): x_t = s(t) (x_0 + sigma(t) z). ---
+  def scale_and_sigma(self, t):
+    """s(t) and sigma(t) (B,) such that x_t = s(t) (x_0 + sigma(t) z): the probability-flow
+    ODE of every SDE here is one ODE in x / s against sigma, which the fast samplers solve."""
+    raise NotImplementedError(f'{type(self).__name__} does not define scale_and_sigma.')
+
+  def sigma_inverse(self, sigma):
+    """The time t at which sigma(t) = sigma (tensor in, tensor out)."""
+    raise NotImplementedError(f'{type(self).__name__} does not define sigma_inverse.')
+
 
 class ReverseSDE:
   """Reverse-time SDE / probability-flow ODE of a forward SDE; time still runs over [0, T]."""
@@ -172,6 +182,20 @@ class VPSDE(SDE):
       std = self.sqrt_1m_alphas_cumprod.to(labels.device)[labels.long()]
     return -output / _bcast(std, output)
 
+  def scale_and_sigma(self, t):
+    log_mean_coeff = self._log_mean_coeff(t)
+    return torch.exp(log_mean_coeff), torch.sqrt(torch.expm1(-2. * log_mean_coeff))
+
+  def sigma_inverse(self, sigma):
+    # Solve 0.25 t^2 (b1 - b0) + 0.5 t b0 = L with L = -log s(t) = 0.5 log(1 + sigma^2).
+    return self._time_from_neg_log_mean(0.5 * torch.log1p(sigma ** 2))
+
+  def _time_from_neg_log_mean(self, L):
+    d = self.beta_1 - self.beta_0
+    if d == 0:
+      return 2 * L / self.beta_0
+    return (torch.sqrt(self.beta_0 ** 2 + 4 * d * L) - self.beta_0) / d
+
 
 class subVPSDE(SDE):
   """Sub-VP SDE (paper, Eq. 11): the VP drift with a diffusion discounted by 1 - exp(-2 int beta)."""
@@ -211,6 +235,14 @@ class subVPSDE(SDE):
   def output_to_score(self, output, t, labels, continuous):
     std = self.marginal_prob(torch.zeros_like(output), t)[1]
     return -output / _bcast(std, output)
+
+  def scale_and_sigma(self, t):
+    # std / s = 1 / s - s = 2 sinh(-log s)
+    log_mean_coeff = self._log_mean_coeff(t)
+    return torch.exp(log_mean_coeff), 2 * torch.sinh(-log_mean_coeff)
+
+  def sigma_inverse(self, sigma):
+    return VPSDE._time_from_neg_log_mean(self, torch.asinh(sigma / 2))
 
 
 class VESDE(SDE):
@@ -258,6 +290,12 @@ class VESDE(SDE):
 
   def output_to_score(self, output, t, labels, continuous):
     return output  # NCSN-style networks output the score directly
+
+  def scale_and_sigma(self, t):
+    return torch.ones_like(t), self.marginal_prob(torch.zeros_like(t), t)[1]
+
+  def sigma_inverse(self, sigma):
+    return torch.log(sigma / self.sigma_min) / np.log(self.sigma_max / self.sigma_min)
 
 
 _SDES = {'vesde': (VESDE, 1e-5), 'vpsde': (VPSDE, 1e-3), 'subvpsde': (subVPSDE, 1e-3)}

@@ -1,0 +1,296 @@
+"""Few-step samplers for the probability-flow ODE of any of our SDEs.
+
+- EDM's 2nd-order Heun sampler, deterministic or stochastic ("churn"), Karras et al. 2022, Alg. 1-2.
+- DPM-Solver (noise prediction) and DPM-Solver++ (data prediction), orders 1-3, single-step and
+  multistep, Lu et al. 2022a (Alg. 1-3) and 2022b (Alg. 1-2).
+
+Every SDE here has Gaussian marginals x_t = s(t) (x_0 + sigma(t) z) (`sde.scale_and_sigma`), so
+in y = x / s the probability-flow ODE of VE, VP and sub-VP is the same equation:
+
+    dy / dsigma = eps(y, sigma) = (y - D(y; sigma)) / sigma,
+
+with D the denoiser (Tweedie) and eps = -std * score. Both families are written once, in y and
+sigma; DPM-Solver's lambda is -log sigma and its alpha is 1 in these variables. The score network
+is always called at x = s(t) y and t = sde.sigma_inverse(sigma).
+"""
+import math
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from models import utils as mutils
+
+SCHEDULES = ('edm', 'logsnr', 'time_uniform', 'time_quadratic')
+
+
+def _check(name, value, allowed):
+  if value not in allowed:
+    raise ValueError(f'Unknown {name} {value!r}; choose one of {", ".join(map(str, allowed))}.')
+
+
+class ScaledODE:
+  """score_fn(x, t) seen as eps(y, sigma) and D(y, sigma) in EDM's scaled variables.
+
+  Counts network evaluations in `nfe`.
+  """
+
+  def __init__(self, score_fn, sde, batch_size, device):
+    self.score_fn, self.sde = score_fn, sde
+    self.batch_size, self.device = batch_size, device
+    self.nfe = 0
+
+  def time(self, sigma):
+    """t(sigma) as a (B,) float32 tensor on the device."""
+    t = self.sde.sigma_inverse(torch.as_tensor(float(sigma), dtype=torch.float64))
+    return t.to(torch.float32).expand(self.batch_size).to(self.device)
+
+  def eps(self, y, sigma):
+    """Noise prediction eps = -s sigma score(s y, t(sigma)), shape y.shape."""
+    t = self.time(sigma)
+    s = self.sde.scale_and_sigma(t)[0].reshape((-1,) + (1,) * (y.ndim - 1))
+    self.nfe += 1
+    return -float(sigma) * s * self.score_fn(s * y, t)
+
+  def denoise(self, y, sigma):
+    """Data prediction D(y; sigma) = y - sigma eps."""
+    return y - float(sigma) * self.eps(y, sigma)
+
+  def scale(self, t):
+    return float(self.sde.scale_and_sigma(torch.tensor(float(t), dtype=torch.float64))[0])
+
+
+def get_sigma_schedule(sde, num_points, eps, schedule='edm', rho=7.):
+  """Decreasing noise levels sigma_0 = sigma(T) > ... > sigma_{n-1} = sigma(eps), float64 (n,).
+
+  Args:
+    schedule: 'edm' (EDM Eq. 5: uniform in sigma^(1/rho)), 'logsnr' (uniform in log sigma, i.e.
+      DPM-Solver's logSNR-uniform; VE's own geometric ladder), 'time_uniform' (uniform in t, the
+      PC and DDPM choice), 'time_quadratic' (DPM-Solver's, uniform in sqrt(t)).
+  """
+  _check('schedule', schedule, SCHEDULES)
+  if num_points < 2:
+    raise ValueError(f'A sigma schedule needs at least 2 points, got {num_points}.')
+  ends = torch.tensor([sde.T, eps], dtype=torch.float64)
+  sigma_max, sigma_min = sde.scale_and_sigma(ends)[1].tolist()
+  u = torch.linspace(0, 1, num_points, dtype=torch.float64)
+  if schedule == 'edm':
+    return (sigma_max ** (1 / rho) + u * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+  if schedule == 'logsnr':
+    return torch.exp(math.log(sigma_max) + u * (math.log(sigma_min) - math.log(sigma_max)))
+  if schedule == 'time_uniform':
+    t = sde.T + u * (eps - sde.T)
+  else:
+    t = (math.sqrt(sde.T) + u * (math.sqrt(eps) - math.sqrt(sde.T))) ** 2
+  return sde.scale_and_sigma(t)[1]
+
+
+def _initial_y(sde, shape, ode, z, generator):
+  x = sde.prior_sampling(shape, generator=generator, device=ode.device) if z is None else z
+  return x.to(ode.device) / ode.scale(sde.T)
+
+
+def heun_sample(score_fn, sde, shape, num_steps=18, eps=1e-3, schedule='edm', rho=7.,
+                churn=0., s_tmin=0., s_tmax=float('inf'), s_noise=1., to_zero=True, z=None,
+                generator=None, device='cpu', progress=False):
+  """EDM's Heun sampler (Karras et al. 2022, Alg. 2; Alg. 1 when churn = 0).
+
+  Args:
+    score_fn: (x (B, ...), t (B,)) -> score.
+    sde: forward SDE (needs scale_and_sigma / sigma_inverse).
+    shape: (B, ...) of the samples.
+    num_steps: noise levels from sigma(T) to sigma(eps); the last step to 0 (if `to_zero`) is an
+      Euler step, so NFE = 2 num_steps - 1 (2 num_steps - 2 without `to_zero`).
+    churn, s_tmin, s_tmax, s_noise: EDM's stochasticity (S_churn etc.); 0 churn is deterministic.
+    to_zero: finish at sigma = 0 (t = 0), returning a denoised sample; else stop at t = eps.
+    z: initial noise x(T) (B, ...) instead of a prior draw.
+  Returns:
+    (x (B, ...), nfe).
+  """
+  ode = ScaledODE(score_fn, sde, shape[0], device)
+  sigmas = get_sigma_schedule(sde, num_steps, eps, schedule, rho).tolist()
+  if to_zero:
+    sigmas.append(0.)
+  y = _initial_y(sde, shape, ode, z, generator)
+  gamma_max = min(churn / num_steps, math.sqrt(2) - 1)
+  for i in tqdm(range(len(sigmas) - 1), disable=not progress, desc='heun'):
+    sigma, sigma_next = sigmas[i], sigmas[i + 1]
+    gamma = gamma_max if s_tmin <= sigma <= s_tmax else 0.
+    sigma_hat = sigma * (1 + gamma)
+    if gamma > 0:  # raise the noise level to sigma_hat with fresh noise
+      noise = torch.randn(y.shape, generator=generator, device=y.device)
+      y = y + math.sqrt(sigma_hat ** 2 - sigma ** 2) * s_noise * noise
+    d = ode.eps(y, sigma_hat)
+    y_next = y + (sigma_next - sigma_hat) * d
+    if sigma_next > 0:  # trapezoidal correction
+      y_next = y + (sigma_next - sigma_hat) * 0.5 * (d + ode.eps(y_next, sigma_next))
+    y = y_next
+  return y * ode.scale(0. if to_zero else eps), ode.nfe
+
+
+# --- DPM-Solver updates in y (alpha = 1, sigma), h = log(sigma_s / sigma_t) > 0. ---
+# Noise prediction ('dpmsolver') keeps eps; data prediction ('dpmsolver++') keeps D.
+
+def _first_order(y, sig_s, sig_t, out, plus):
+  if plus:
+    return (sig_t / sig_s) * y + (1 - sig_t / sig_s) * out
+  return y - (sig_s - sig_t) * out
+
+
+def _singlestep(ode, y, sig_s, sig_t, order, plus):
+  """One DPM-Solver-k step from sig_s to sig_t (Lu et al. 2022a Alg. 1 / 2022b Alg. 1)."""
+  f = ode.denoise if plus else ode.eps
+  out_s = f(y, sig_s)
+  if order == 1:
+    return _first_order(y, sig_s, sig_t, out_s, plus)
+  h = math.log(sig_s / sig_t)
+  r1, r2 = (0.5, None) if order == 2 else (1 / 3, 2 / 3)
+  sig_1 = sig_s * math.exp(-r1 * h)
+  u1 = _first_order(y, sig_s, sig_1, out_s, plus)
+  d1 = f(u1, sig_1) - out_s
+  if plus:
+    phi = -math.expm1(-h)  # 1 - e^{-h}
+    if order == 2:
+      return (sig_t / sig_s) * y + phi * out_s + phi / (2 * r1) * d1
+    sig_2 = sig_s * math.exp(-r2 * h)
+    phi_2 = -math.expm1(-r2 * h)
+    u2 = (sig_2 / sig_s) * y + phi_2 * out_s + r2 / r1 * (1 - phi_2 / (r2 * h)) * d1
+    d2 = f(u2, sig_2) - out_s
+    return (sig_t / sig_s) * y + phi * out_s + (1 / r2) * (1 - phi / h) * d2
+  phi = sig_t * math.expm1(h)  # = sig_s - sig_t
+  if order == 2:
+    return y - phi * out_s - phi / (2 * r1) * d1
+  sig_2 = sig_s * math.exp(-r2 * h)
+  u2 = y - sig_2 * math.expm1(r2 * h) * out_s - sig_2 * r2 / r1 * (
+    math.expm1(r2 * h) / (r2 * h) - 1) * d1
+  d2 = f(u2, sig_2) - out_s
+  return y - phi * out_s - sig_t / r2 * (math.expm1(h) / h - 1) * d2
+
+
+def _multistep(y, sigs, outs, order, plus):
+  """One multistep update to sigs[-1] from the last `order` outputs (Lu et al. 2022b Alg. 2)."""
+  sig_s, sig_t = sigs[-2], sigs[-1]
+  out_0 = outs[-1]
+  if order == 1:
+    return _first_order(y, sig_s, sig_t, out_0, plus)
+  h = math.log(sig_s / sig_t)
+  r0 = math.log(sigs[-3] / sig_s) / h
+  d1_0 = (out_0 - outs[-2]) / r0
+  if order == 2:
+    d1, d2 = d1_0, None
+  else:
+    r1 = math.log(sigs[-4] / sigs[-3]) / h
+    d1_1 = (outs[-2] - outs[-3]) / r1
+    d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
+    d2 = (d1_0 - d1_1) / (r0 + r1)
+  if plus:
+    phi = -math.expm1(-h)
+    y_t = (sig_t / sig_s) * y + phi * out_0
+    if order == 2:
+      return y_t + 0.5 * phi * d1
+    return y_t + (1 - phi / h) * d1 - ((h - phi) / h ** 2 - 0.5) * d2
+  phi = math.expm1(h)
+  y_t = y - sig_t * phi * out_0
+  if order == 2:
+    return y_t - 0.5 * sig_t * phi * d1
+  return y_t - sig_t * (phi / h - 1) * d1 - sig_t * ((phi - h) / h ** 2 - 0.5) * d2
+
+
+def singlestep_orders(nfe, order):
+  """Per-step orders that spend exactly `nfe` evaluations (DPM-Solver's fast version)."""
+  if order == 1:
+    return [1] * nfe
+  if order == 2:
+    return [2] * (nfe // 2) + [1] * (nfe % 2)
+  k = nfe // 3 + 1
+  return {0: [3] * (k - 2) + [2, 1], 1: [3] * (k - 1) + [1], 2: [3] * (k - 1) + [2]}[nfe % 3]
+
+
+def dpm_solver_sample(score_fn, sde, shape, num_steps=20, order=3, method='multistep',
+                      algorithm='dpmsolver++', schedule='logsnr', eps=1e-3, denoise_to_zero=False,
+                      lower_order_final=True, z=None, generator=None, device='cpu',
+                      progress=False):
+  """DPM-Solver / DPM-Solver++ on the probability-flow ODE, from t = T to t = eps.
+
+  Args:
+    num_steps: the number of network evaluations (multistep: steps; singlestep: the NFE budget,
+      split into steps of order `order` as DPM-Solver does).
+    order: 1, 2 or 3.
+    method: 'multistep' or 'singlestep'.
+    algorithm: 'dpmsolver' (noise prediction) or 'dpmsolver++' (data prediction).
+    schedule: see `get_sigma_schedule`; 'logsnr' is DPM-Solver's recommended choice.
+    denoise_to_zero: one more evaluation returning D(y; sigma(eps)) (the sample at t = 0).
+    lower_order_final: use lower orders for the last steps when num_steps < 15 (stabler).
+  Returns:
+    (x (B, ...), nfe).
+  """
+  _check('order', order, (1, 2, 3))
+  _check('method', method, ('multistep', 'singlestep'))
+  _check('algorithm', algorithm, ('dpmsolver', 'dpmsolver++'))
+  plus = algorithm == 'dpmsolver++'
+  ode = ScaledODE(score_fn, sde, shape[0], device)
+  y = _initial_y(sde, shape, ode, z, generator)
+  if method == 'singlestep':
+    orders = singlestep_orders(num_steps, order)
+    sigmas = get_sigma_schedule(sde, len(orders) + 1, eps, schedule).tolist()
+    for i in tqdm(range(len(orders)), disable=not progress, desc='dpm-solver'):
+      y = _singlestep(ode, y, sigmas[i], sigmas[i + 1], orders[i], plus)
+  else:
+    sigmas = get_sigma_schedule(sde, num_steps + 1, eps, schedule).tolist()
+    f = ode.denoise if plus else ode.eps
+    outs = []
+    for i in tqdm(range(num_steps), disable=not progress, desc='dpm-solver'):
+      outs = (outs + [f(y, sigmas[i])])[-order:]
+      step_order = min(order, i + 1)
+      if lower_order_final and num_steps < 15:
+        step_order = min(step_order, num_steps - i)
+      y = _multistep(y, sigmas[:i + 2], outs, step_order, plus)
+  if denoise_to_zero:
+    return ode.denoise(y, sigmas[-1]) * ode.scale(0.), ode.nfe
+  return y * ode.scale(eps), ode.nfe
+
+
+def _sampler_from(sample_fn, sde, shape, inverse_scaler, continuous, device, **kwargs):
+  def sampler(model, z=None, generator=None):
+    """Draw a batch: returns (inverse_scaler(x) (B, C, H, W), number of network evaluations)."""
+    score_fn = mutils.get_score_fn(sde, model, train=False, continuous=continuous)
+    with torch.no_grad():
+      x, nfe = sample_fn(score_fn, sde, shape, z=z, generator=generator, device=device, **kwargs)
+    return inverse_scaler(x), nfe
+
+  return sampler
+
+
+def get_heun_sampler(sde, shape, inverse_scaler, num_steps=18, eps=1e-3, continuous=True,
+                     device=None, **kwargs):
+  """`sampler(model, z=None) -> (samples, nfe)` running `heun_sample` (kwargs go to it)."""
+  device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+  return _sampler_from(heun_sample, sde, shape, inverse_scaler, continuous, device,
+                       num_steps=num_steps, eps=eps, **kwargs)
+
+
+def get_dpm_solver_sampler(sde, shape, inverse_scaler, num_steps=20, order=3, eps=1e-3,
+                           continuous=True, device=None, **kwargs):
+  """`sampler(model, z=None) -> (samples, nfe)` running `dpm_solver_sample` (kwargs go to it)."""
+  device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+  return _sampler_from(dpm_solver_sample, sde, shape, inverse_scaler, continuous, device,
+                       num_steps=num_steps, order=order, eps=eps, **kwargs)
+
+
+def get_fast_sampling_fn(config, sde, shape, inverse_scaler, eps, device=None):
+  """Build the sampler `config.sampling.method` ('heun' or 'dpm_solver') names."""
+  s = config.sampling
+  continuous = config.training.continuous
+  device = device or config.device
+  if s.method == 'heun':
+    return get_heun_sampler(sde, shape, inverse_scaler, num_steps=s.get('num_steps', 18), eps=eps,
+                            continuous=continuous, device=device, churn=s.get('churn', 0.),
+                            progress=s.get('progress', False))
+  if s.method == 'dpm_solver':
+    return get_dpm_solver_sampler(sde, shape, inverse_scaler, num_steps=s.get('num_steps', 20),
+                                  order=s.get('order', 3), eps=eps, continuous=continuous,
+                                  device=device,
+                                  method=s.get('dpm_method', 'multistep'),
+                                  algorithm=s.get('dpm_algorithm', 'dpmsolver++'),
+                                  progress=s.get('progress', False))
+  raise ValueError(f'Unknown fast sampling method {s.method!r}; choose heun or dpm_solver.')

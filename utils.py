@@ -1,0 +1,158 @@
+"""Checkpoint I/O: atomic writes, and strict restores of score_sde_pytorch's official checkpoints
+as well as ours.
+
+A checkpoint is a dict {'optimizer': state_dict, 'model': state_dict, 'ema': {'decay',
+'num_updates', 'shadow_params'}, 'step': int, ...}; the model keys carry DataParallel's `module.`
+prefix, as the official files do, so checkpoints move both ways between the two codebases. Extra
+entries of `state` (RNG states, the config) are saved and restored as they are.
+"""
+import json
+import os
+import pathlib
+import pickle
+import tempfile
+import zipfile
+
+import numpy as np
+import torch
+
+from models.utils import unwrap
+
+_PREFIX = 'module.'
+_SIGNATURES = pathlib.Path(__file__).resolve().parent / 'assets' / 'model_signatures.json'
+
+
+def _numpy_scalar_globals():
+  """numpy objects that official checkpoints pickle (the warm-up lr is a numpy float64).
+
+  They are plain data, so allowing them keeps `weights_only=True` safe; files written under
+  numpy 1.x name the scalar constructor `numpy.core.multiarray.scalar`.
+  """
+  scalar = np._core.multiarray.scalar if hasattr(np, '_core') else np.core.multiarray.scalar
+  allowed = [scalar, (scalar, 'numpy.core.multiarray.scalar'), np.dtype]
+  allowed += [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith('DType')]
+  return allowed
+
+
+def save_checkpoint(path, state):
+  """Write `state` to `path` atomically (a temporary file in the same folder, then a rename).
+
+  A crash or SIGKILL during the write leaves the previous file at `path` untouched.
+  """
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  model_sd = unwrap(state['model']).state_dict()
+  saved = {k: v for k, v in state.items() if k not in ('optimizer', 'model', 'ema')}
+  saved.update(optimizer=state['optimizer'].state_dict(),
+               model={_PREFIX + k: v for k, v in model_sd.items()},
+               ema=state['ema'].state_dict())
+  fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      torch.save(saved, f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def load_checkpoint_file(path, device='cpu', trusted=False):
+  """Read a checkpoint dict; `weights_only` unless `trusted` (for files you made yourself)."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f'No checkpoint at {path}. Check the path (a training run writes '
+                            'WORKDIR/checkpoints/checkpoint_N.pth).')
+  try:
+    if trusted:
+      return torch.load(path, map_location=device, weights_only=False)
+    with torch.serialization.safe_globals(_numpy_scalar_globals()):
+      return torch.load(path, map_location=device, weights_only=True)
+  except pickle.UnpicklingError as e:
+    if 'Unsupported global' in str(e) or 'weights_only' in str(e):
+      raise RuntimeError(f'Checkpoint {path} holds Python objects beyond tensors and numbers, so it '
+                         'was not loaded with weights_only=True. If you trust the file, pass '
+                         f'trusted=True.\n{e}') from e
+    raise RuntimeError(f'Checkpoint {path} is corrupt or truncated ({e}).') from e
+  except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+    raise RuntimeError(f'Checkpoint {path} is corrupt or truncated and cannot be read ({e}). '
+                       'Restore it from a copy, or resume from an earlier checkpoint.') from e
+
+
+def _strip_prefix(state_dict):
+  if all(k.startswith(_PREFIX) for k in state_dict):
+    return {k[len(_PREFIX):]: v for k, v in state_dict.items()}
+  return dict(state_dict)
+
+
+def _guess_config(state_dict):
+  """Names of the reference configs whose model has as many tensors and elements as this one.
+
+  assets/model_signatures.json lists them for every config (from the reference's state dicts).
+  """
+  if not _SIGNATURES.is_file():
+    return []
+  n_tensors = len(state_dict)
+  numel = sum(v.numel() for v in state_dict.values())
+  sigs = json.loads(_SIGNATURES.read_text())
+  return sorted(name for name, s in sigs.items()
+                if s['num_tensors'] == n_tensors and s['numel'] == numel)
+
+
+def check_state_dict_matches(model, state_dict, source='checkpoint'):
+  """Raise a ValueError naming the first mismatched keys/shapes if `state_dict` does not fit."""
+  expected = model.state_dict()
+  missing = [k for k in expected if k not in state_dict]
+  unexpected = [k for k in state_dict if k not in expected]
+  wrong = [(k, tuple(state_dict[k].shape), tuple(v.shape)) for k, v in expected.items()
+           if k in state_dict and state_dict[k].shape != v.shape]
+  if not (missing or unexpected or wrong):
+    return
+  lines = [f'The {source} does not match the model ({type(model).__name__}, {len(expected)} '
+           f'tensors; the {source} has {len(state_dict)}).']
+  if wrong:
+    lines.append('Shape mismatches (key: checkpoint vs model): ' + '; '.join(
+      f'{k}: {a} vs {b}' for k, a, b in wrong[:5]))
+  if missing:
+    lines.append(f'Missing from the {source}: ' + ', '.join(missing[:5]))
+  if unexpected:
+    lines.append(f'Not in the model: ' + ', '.join(unexpected[:5]))
+  guesses = _guess_config(state_dict)
+  if guesses:
+    lines.append('The checkpoint looks like a model of config(s): ' + ', '.join(guesses) + '.')
+  lines.append('Build the model from the config the checkpoint was trained with.')
+  raise ValueError('\n'.join(lines))
+
+
+def restore_checkpoint(ckpt_path, state, device, trusted=False):
+  """Load a checkpoint into `state` in place (strictly) and return it.
+
+  Args:
+    ckpt_path: a checkpoint written by `save_checkpoint` or by score_sde_pytorch.
+    state: dict with 'model' (module, maybe DataParallel/DDP-wrapped), 'ema'
+      (ExponentialMovingAverage), and optionally 'optimizer'; its 'step' and any extra entries
+      found in the file are replaced.
+    device: map_location for the tensors.
+    trusted: allow arbitrary pickled objects (only for files you trust).
+  Raises:
+    FileNotFoundError if there is no file; RuntimeError if it is corrupt; ValueError if it does
+    not fit the model (naming the first mismatched keys).
+  """
+  loaded = load_checkpoint_file(ckpt_path, device, trusted)
+  model = unwrap(state['model'])
+  model_sd = _strip_prefix(loaded['model'])
+  check_state_dict_matches(model, model_sd, source=f'checkpoint {ckpt_path}')
+  model.load_state_dict(model_sd, strict=True)
+  state['ema'].load_state_dict(loaded['ema'])
+  if state.get('optimizer') is not None and 'optimizer' in loaded:
+    try:
+      state['optimizer'].load_state_dict(loaded['optimizer'])
+    except ValueError as e:
+      raise ValueError(f'The optimizer state in {ckpt_path} does not fit this optimizer ({e}). '
+                       'Was config.optim changed?') from e
+  for key, value in loaded.items():
+    if key not in ('model', 'ema', 'optimizer'):
+      state[key] = value
+  return state
