@@ -1,0 +1,109 @@
+"""Defaults shared by the CIFAR-10 configs (32x32), and the meaning of every config key.
+
+`default_celeba_configs` and `default_lsun_configs` start from these and change a few values.
+Each config under ve/, vp/ and subvp/ then sets the SDE, the sampler and the network.
+
+Keys that the configs set (not defined here):
+  training.sde           'vesde' | 'vpsde' | 'subvpsde', built by `sde_lib.get_sde`.
+  sampling.method        'pc' (predictor-corrector), 'ode', or a fast sampler ('heun',
+                         'dpm_solver'; see sampling.num_steps / order).
+  sampling.predictor     registered predictor, e.g. 'reverse_diffusion', 'euler_maruyama',
+                         'ancestral_sampling', 'none'.
+  sampling.corrector     registered corrector: 'langevin', 'ald' (annealed Langevin) or 'none'.
+  data.category          LSUN scene ('bedroom', 'church_outdoor').
+  data.tfrecords_path    the official TFRecord file of FFHQ / CelebA-HQ (kept for reference;
+                         this project reads image folders from `data.root`).
+  model.name             registered network: 'ncsnpp', 'ddpm', 'ncsn', 'ncsnv2_64', 'ncsnv2_128'.
+  model.scale_by_sigma   divide the network output by sigma (VE models predict the score).
+  model.ema_rate         decay of the exponential moving average of the weights.
+  model.normalization    'GroupNorm' (NCSN++/DDPM) or 'InstanceNorm++' (NCSN/NCSNv2).
+  model.nonlinearity     'swish' | 'elu' | 'relu' | 'lrelu'.
+  model.nf               base channel count; level i has nf * ch_mult[i] channels.
+  model.ch_mult          channel multiplier per resolution level (one level per entry).
+  model.num_res_blocks   residual blocks per level.
+  model.attn_resolutions feature-map sizes that get a self-attention block.
+  model.resamp_with_conv up/downsample with a 3x3 convolution rather than pure resampling.
+  model.conditional      condition the network on the noise level / time.
+  model.fir, fir_kernel  resample with an FIR filter (StyleGAN2's upfirdn2d) and its taps.
+  model.skip_rescale     scale skip connections by 1/sqrt(2).
+  model.resblock_type    'ddpm' or 'biggan' (BigGAN blocks resample inside the block).
+  model.progressive      output path: 'none' | 'output_skip' | 'residual'.
+  model.progressive_input  input path: 'none' | 'input_skip' | 'residual'.
+  model.progressive_combine  how the progressive paths merge: 'sum' | 'cat'.
+  model.attention_type   'ddpm' self-attention.
+  model.init_scale       scale of the last layer of each block at init (0: start as identity).
+  model.fourier_scale    std of the Gaussian Fourier features ('fourier' embedding).
+  model.conv_size        kernel size of the NCSN++ convolutions.
+  model.interpolation    NCSN/NCSNv2 upsampling mode.
+  optim.amsgrad          (NCSN configs) kept for the record; Adam is built without it.
+"""
+import ml_collections
+import torch
+from ml_collections import config_dict
+
+
+def get_default_configs():
+  config = ml_collections.ConfigDict()
+
+  config.training = training = ml_collections.ConfigDict()
+  training.batch_size = 128
+  training.n_iters = 1300001
+  training.snapshot_freq = 50000               # steps between kept checkpoints
+  training.log_freq = 50
+  training.eval_freq = 100                     # steps between evaluation-loss logs
+  training.snapshot_freq_for_preemption = 10000  # steps between the overwritten resume checkpoint
+  training.snapshot_sampling = True            # draw samples at each snapshot
+  training.likelihood_weighting = False        # weight the loss by g(t)^2 (Song et al. 2021b)
+  training.continuous = True                   # sample t in [eps, 1] (False: discrete N levels)
+  training.reduce_mean = False                 # mean (not sum) of the loss over pixels
+
+  config.sampling = sampling = ml_collections.ConfigDict()
+  sampling.n_steps_each = 1                    # corrector steps per noise level
+  sampling.noise_removal = True                # final denoising step (no noise) at t = eps
+  sampling.probability_flow = False            # predictor follows the probability-flow ODE
+  sampling.snr = 0.16                          # signal-to-noise ratio of the Langevin corrector
+  sampling.num_steps = 18                      # steps of the fast samplers 'heun' / 'dpm_solver'
+  sampling.order = 3                           # order of 'dpm_solver' (1, 2 or 3)
+  sampling.progress = False                    # show a progress bar while sampling
+
+  config.eval = evaluate = ml_collections.ConfigDict()
+  evaluate.begin_ckpt = 9                      # first checkpoint number evaluated
+  evaluate.end_ckpt = 26                       # last checkpoint number evaluated
+  evaluate.batch_size = 1024
+  evaluate.enable_sampling = False             # sample and compute FID / IS / KID
+  evaluate.num_samples = 50000
+  evaluate.enable_loss = True
+  evaluate.enable_bpd = False                  # compute likelihoods (bits/dim)
+  evaluate.bpd_dataset = 'test'                # split for the likelihoods: 'train' | 'test'
+
+  config.data = data = ml_collections.ConfigDict()
+  data.dataset = 'CIFAR10'
+  data.image_size = 32
+  data.random_flip = True                      # horizontal flips in training
+  data.centered = False                        # data in [-1, 1] (True) or [0, 1] (False)
+  data.uniform_dequantization = False
+  data.num_channels = 3
+  data.root = config_dict.placeholder(str)     # image folder (FFHQ, CelebA-HQ, LSUN); None here
+  data.download = False                        # let torchvision download where the licence allows
+
+  config.model = model = ml_collections.ConfigDict()
+  model.sigma_min = 0.01                       # VE SDE noise range
+  model.sigma_max = 50.
+  model.num_scales = 1000                      # N: discrete noise levels / time steps
+  model.beta_min = 0.1                         # VP / sub-VP beta(t) range
+  model.beta_max = 20.
+  model.dropout = 0.1
+  model.embedding_type = 'fourier'             # 'fourier' (of log sigma) | 'positional'
+
+  config.optim = optim = ml_collections.ConfigDict()
+  optim.weight_decay = 0.
+  optim.optimizer = 'Adam'
+  optim.lr = 2e-4
+  optim.beta1 = 0.9
+  optim.eps = 1e-8
+  optim.warmup = 5000                          # steps of linear learning-rate warm-up
+  optim.grad_clip = 1.                         # gradient-norm clip (negative: none)
+
+  config.seed = 42
+  config.device = torch.device('cuda:0') if torch.cuda.is_available() else torch.device('cpu')
+  return config

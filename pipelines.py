@@ -1,0 +1,402 @@
+"""diffusers-compatible VE sampling: `ScoreSdeVeScheduler` and `ScoreSdeVePipeline`.
+
+Same signatures, config attributes and step rules as diffusers' classes of those names, so code
+written for `diffusers.ScoreSdeVePipeline` runs on our NCSN++ (or any module called as
+`model(x, sigma)`), and a diffusers pipeline folder loads into our model (`from_pretrained`) and
+back (`save_pretrained`; the weight mapping is in `diffusers_convert.py`). diffusers itself is
+never imported here.
+
+The loop is the PC sampler of Song et al. (2021, Alg. 2 predictor + Alg. 4 corrector) on the VE
+SDE: per step, `correct_steps` Langevin corrections at sigma(t_i), then one reverse-diffusion
+(ancestral SMLD) prediction; it matches `sampling.get_pc_sampler` with `ReverseDiffusionPredictor`
++ `LangevinCorrector` on `VESDE(N=num_inference_steps)`, continuous, denoise=True.
+"""
+import dataclasses
+import importlib.metadata
+import json
+import math
+import os
+import warnings
+
+import numpy as np
+import torch
+
+_CONFIG_NAME = 'scheduler_config.json'
+
+
+def _diffusers_format_version():
+  """Version written as `_diffusers_version`: the installed diffusers', else the one tested."""
+  try:
+    return importlib.metadata.version('diffusers')
+  except importlib.metadata.PackageNotFoundError:
+    return '0.42.1'
+
+
+def _randn(shape, generator=None, device=None, dtype=None):
+  """N(0, I) of `shape` on `device`, drawn like diffusers' `randn_tensor`.
+
+  The draw happens on the generator's device (or `device` without one) and is then moved, so a
+  CPU generator gives the same numbers whatever device the sampler runs on. A list of B
+  generators draws example b from generator b.
+  """
+  device = torch.device('cpu') if device is None else torch.device(device)
+  if isinstance(generator, (list, tuple)):
+    if len(generator) != shape[0]:
+      raise ValueError(f'Got {len(generator)} generators for a batch of {shape[0]}: pass one '
+                       'generator, or one per example.')
+    if len(generator) == 1:
+      generator = generator[0]
+    else:
+      draws = [torch.randn((1,) + tuple(shape[1:]), generator=g, device=g.device, dtype=dtype)
+               for g in generator]
+      return torch.cat(draws).to(device)
+  rand_device = generator.device if generator is not None else device
+  return torch.randn(tuple(shape), generator=generator, device=rand_device, dtype=dtype).to(device)
+
+
+class FrozenConfig(dict):
+  """A read-only dict whose keys are also attributes (`scheduler.config.snr`)."""
+
+  def __getattr__(self, name):
+    try:
+      return self[name]
+    except KeyError:
+      raise AttributeError(f'The config has no entry {name!r}; it has {sorted(self)}.') from None
+
+  def _readonly(self, *args, **kwargs):
+    raise AttributeError('The config is frozen; build a new object with the changed values, '
+                         'e.g. ScoreSdeVeScheduler.from_config({**scheduler.config, "snr": 0.16}).')
+
+  __setattr__ = __setitem__ = __delitem__ = update = pop = setdefault = _readonly
+
+
+class _Output:
+  """Dataclass outputs that also index like diffusers' (`out[0]`, `out.to_tuple()`)."""
+
+  def to_tuple(self):
+    return tuple(getattr(self, f.name) for f in dataclasses.fields(self))
+
+  def __getitem__(self, index):
+    if isinstance(index, str):
+      return getattr(self, index)
+    return self.to_tuple()[index]
+
+
+@dataclasses.dataclass
+class SchedulerOutput(_Output):
+  """Result of `step_correct`: `prev_sample` (B, C, H, W), the next input of the model."""
+  prev_sample: torch.Tensor
+
+
+@dataclasses.dataclass
+class SdeVeOutput(_Output):
+  """Result of `step_pred`: the noisy next sample and its noise-free mean, (B, C, H, W) each."""
+  prev_sample: torch.Tensor
+  prev_sample_mean: torch.Tensor
+
+
+@dataclasses.dataclass
+class ImagePipelineOutput(_Output):
+  """Result of the pipeline: a list of PIL images, or a float array (B, H, W, C) in [0, 1]."""
+  images: object
+
+
+class ScoreSdeVeScheduler:
+  """Discretisation of the VE SDE sigma(t) = sigma_min (sigma_max / sigma_min)^t, with diffusers'
+  `ScoreSdeVeScheduler` API.
+
+  Args:
+    num_train_timesteps: N, the size of the discrete sigma ladder set at construction.
+    snr: signal-to-noise ratio r of the Langevin corrector (Alg. 4).
+    sigma_min, sigma_max: ends of the noise scale range.
+    sampling_eps: last continuous time; the timesteps run from 1 down to it.
+    correct_steps: corrector steps per predictor step.
+  """
+
+  order = 1
+
+  def __init__(self, num_train_timesteps=2000, snr=0.15, sigma_min=0.01, sigma_max=1348.0,
+               sampling_eps=1e-5, correct_steps=1):
+    self.config = FrozenConfig(num_train_timesteps=num_train_timesteps, snr=snr,
+                               sigma_min=sigma_min, sigma_max=sigma_max,
+                               sampling_eps=sampling_eps, correct_steps=correct_steps)
+    self.init_noise_sigma = sigma_max  # std of the prior the sampler starts from
+    self.timesteps = None
+    self.set_sigmas(num_train_timesteps, sigma_min, sigma_max, sampling_eps)
+
+  # --- config in and out, as diffusers' ConfigMixin -------------------------------------------
+  @classmethod
+  def from_config(cls, config, **overrides):
+    """Build from a dict (e.g. another scheduler's `.config` or a parsed scheduler_config.json).
+    Keys starting with '_' (diffusers' bookkeeping) are skipped; other unknown keys (such as old
+    diffusers' 'tensor_format') are skipped with a warning, as diffusers does."""
+    known = {'num_train_timesteps', 'snr', 'sigma_min', 'sigma_max', 'sampling_eps',
+             'correct_steps'}
+    values = {k: v for k, v in dict(config).items() if not k.startswith('_')}
+    values.update(overrides)
+    unknown = sorted(set(values) - known)
+    if unknown:
+      warnings.warn(f'ScoreSdeVeScheduler has no parameter(s) {unknown}; they are ignored '
+                    f'(known: {sorted(known)}).')
+    return cls(**{k: v for k, v in values.items() if k in known})
+
+  @classmethod
+  def from_pretrained(cls, folder, subfolder=None, **overrides):
+    """Read `folder[/subfolder]/scheduler_config.json` (a diffusers scheduler folder)."""
+    path = os.path.join(folder, subfolder or '', _CONFIG_NAME)
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f'No {_CONFIG_NAME} at {path}: not a diffusers scheduler folder.')
+    with open(path) as f:
+      config = json.load(f)
+    name = config.get('_class_name', cls.__name__)
+    if name != cls.__name__:
+      raise ValueError(f'{path} describes a {name}, not a {cls.__name__}.')
+    return cls.from_config(config, **overrides)
+
+  def save_pretrained(self, folder):
+    """Write `folder/scheduler_config.json` as diffusers does."""
+    os.makedirs(folder, exist_ok=True)
+    data = {'_class_name': type(self).__name__, '_diffusers_version': _diffusers_format_version(),
+            **self.config}
+    with open(os.path.join(folder, _CONFIG_NAME), 'w') as f:
+      json.dump(data, f, indent=2, sort_keys=True)
+      f.write('\n')
+
+  save_config = save_pretrained
+
+  def __len__(self):
+    return self.config.num_train_timesteps
+
+  def __repr__(self):
+    return f'{type(self).__name__}({", ".join(f"{k}={v!r}" for k, v in self.config.items())})'
+
+  # --- schedule -------------------------------------------------------------------------------
+  def scale_model_input(self, sample, timestep=None):
+    """The VE model takes the sample unscaled; kept for API compatibility."""
+    return sample
+
+  def set_timesteps(self, num_inference_steps, sampling_eps=None, device=None):
+    """timesteps = linspace(1, sampling_eps, num_inference_steps), continuous times t_i."""
+    sampling_eps = self.config.sampling_eps if sampling_eps is None else sampling_eps
+    self.timesteps = torch.linspace(1, sampling_eps, num_inference_steps, device=device)
+
+  def set_sigmas(self, num_inference_steps, sigma_min=None, sigma_max=None, sampling_eps=None):
+    """Set `discrete_sigmas` (geometric ladder of `num_inference_steps` values from sigma_min to
+    sigma_max, the VE SDE's SMLD chain) and `sigmas[i] = sigma(t_i)` (the marginal std at each
+    timestep). Timesteps are set first only if none are (diffusers' rule)."""
+    sigma_min = self.config.sigma_min if sigma_min is None else sigma_min
+    sigma_max = self.config.sigma_max if sigma_max is None else sigma_max
+    sampling_eps = self.config.sampling_eps if sampling_eps is None else sampling_eps
+    if self.timesteps is None:
+      self.set_timesteps(num_inference_steps, sampling_eps)
+    self.discrete_sigmas = torch.exp(torch.linspace(math.log(sigma_min), math.log(sigma_max),
+                                                    num_inference_steps))
+    # Element by element: torch's vectorised pow can differ from the scalar one in the last bit,
+    # and diffusers evaluates one timestep at a time.
+    ratio = sigma_max / sigma_min
+    self.sigmas = torch.stack([sigma_min * ratio ** t for t in self.timesteps.cpu()])
+
+  def get_adjacent_sigma(self, timesteps, t):
+    """sigma_{i-1} of each discrete index i (B,), 0 below the ladder's first entry."""
+    previous = self.discrete_sigmas[(timesteps - 1).clamp(min=0)].to(timesteps.device)
+    return torch.where(timesteps == 0, torch.zeros_like(t.to(timesteps.device)), previous)
+
+  def _require_timesteps(self):
+    if self.timesteps is None:
+      raise ValueError('No timesteps: call set_timesteps(num_inference_steps) before stepping.')
+
+  # --- steps ----------------------------------------------------------------------------------
+  def step_pred(self, model_output, timestep, sample, generator=None, return_dict=True):
+    """Reverse-diffusion predictor (paper Eq. 47, the reverse of SMLD's chain):
+    x_mean = x + G^2 s(x, t), x' = x_mean + G z with G^2 = sigma_i^2 - sigma_{i-1}^2 and
+    i = floor(t (len(timesteps) - 1)) indexing `discrete_sigmas` (sigma_{-1} = 0).
+
+    Args:
+      model_output: the score s(x, t), (B, C, H, W).
+      timestep: continuous t (a float or 0-dim tensor, usually an entry of `timesteps`).
+      sample: x, (B, C, H, W).
+      generator: torch.Generator, or a list of B of them, for z.
+    Returns:
+      SdeVeOutput(prev_sample, prev_sample_mean), or that tuple if not `return_dict`.
+    """
+    self._require_timesteps()
+    t = timestep * torch.ones(sample.shape[0], device=sample.device)
+    index = (t * (len(self.timesteps) - 1)).long().to(self.discrete_sigmas.device)
+    sigma = self.discrete_sigmas[index].to(sample.device)
+    adjacent_sigma = self.get_adjacent_sigma(index, t).to(sample.device)
+    g = ((sigma ** 2 - adjacent_sigma ** 2) ** 0.5).reshape(-1, *([1] * (sample.ndim - 1)))
+    noise = _randn(sample.shape, generator, device=sample.device, dtype=sample.dtype)
+    prev_sample_mean = sample + g ** 2 * model_output
+    prev_sample = prev_sample_mean + g * noise
+    if not return_dict:
+      return prev_sample, prev_sample_mean
+    return SdeVeOutput(prev_sample=prev_sample, prev_sample_mean=prev_sample_mean)
+
+  def step_correct(self, model_output, sample, generator=None, return_dict=True):
+    """Langevin corrector (paper Alg. 4) with one step size for the whole batch:
+    eps = 2 (snr mean_b ||z_b|| / mean_b ||s_b||)^2, x' = x + eps s + sqrt(2 eps) z.
+
+    Args:
+      model_output: the score s(x, t) at the current sigma, (B, C, H, W).
+      sample: x, (B, C, H, W).
+      generator: torch.Generator, or a list of B of them, for z (drawn on the CPU without one).
+    Returns:
+      SchedulerOutput(prev_sample), or that 1-tuple if not `return_dict`.
+    """
+    self._require_timesteps()
+    noise = _randn(sample.shape, generator, device='cpu').to(sample.device)
+    batch = sample.shape[0]
+    grad_norm = torch.linalg.vector_norm(model_output.reshape(batch, -1), dim=-1).mean()
+    noise_norm = torch.linalg.vector_norm(noise.reshape(batch, -1), dim=-1).mean()
+    step_size = 2 * (self.config.snr * noise_norm / grad_norm) ** 2
+    prev_sample = sample + step_size * model_output + (2 * step_size) ** 0.5 * noise
+    if not return_dict:
+      return (prev_sample,)
+    return SchedulerOutput(prev_sample=prev_sample)
+
+  def add_noise(self, original_samples, noise, timesteps):
+    """x + sigma_i z for discrete indices `timesteps` (B,) into `discrete_sigmas`."""
+    sigmas = self.discrete_sigmas.to(original_samples.device)[timesteps.to(original_samples.device)]
+    sigmas = sigmas.reshape(-1, *([1] * (original_samples.ndim - 1)))
+    if noise is None:
+      noise = torch.randn_like(original_samples)
+    return original_samples + noise * sigmas
+
+
+def numpy_to_pil(images):
+  """(B, H, W, C) floats in [0, 1] -> list of PIL images, rounding to uint8 (as diffusers)."""
+  from PIL import Image
+  if images.ndim == 3:
+    images = images[None]
+  images = (images * 255).round().astype('uint8')
+  if images.shape[-1] == 1:
+    return [Image.fromarray(image[..., 0], mode='L') for image in images]
+  return [Image.fromarray(image) for image in images]
+
+
+class ScoreSdeVePipeline:
+  """Unconditional VE sampling with a score network, diffusers' `ScoreSdeVePipeline` API.
+
+  Args:
+    unet: the score model, called as `unet(x, sigma)` with x (B, C, H, W) and sigma (B,) and
+      returning the score (B, C, H, W). Our NCSN++ (continuous VE) is such a model; a diffusers
+      `UNet2DModel` (whose output has `.sample`) works too.
+    scheduler: a `ScoreSdeVeScheduler`.
+    sample_size, num_channels: image shape; read from the model's config when not given
+      (`config.data.image_size` / `num_channels` for ours, `config.sample_size` for diffusers').
+  """
+
+  def __init__(self, unet, scheduler, sample_size=None, num_channels=None):
+    self.unet = unet
+    self.scheduler = scheduler
+    self.sample_size = sample_size
+    self.num_channels = num_channels
+    self._progress_bar_config = {}
+
+  # --- loading and saving (diffusers folders; see diffusers_convert.py) ------------------------
+  @classmethod
+  def from_pretrained(cls, folder, device='cpu', **scheduler_overrides):
+    """Load a diffusers ScoreSdeVe pipeline folder (model_index.json, unet/, scheduler/) into our
+    NCSN++ and scheduler. `scheduler_overrides` (e.g. snr=0.16) replace scheduler config values."""
+    import diffusers_convert
+    model, scheduler = diffusers_convert.load_pipeline_folder(folder, device=device,
+                                                              **scheduler_overrides)
+    return cls(model, scheduler)
+
+  def save_pretrained(self, folder, safe_serialization=True):
+    """Write a folder that diffusers' `ScoreSdeVePipeline.from_pretrained` loads. The model must
+    be an NCSN++ whose config diffusers' `UNet2DModel` can represent (else a ValueError says which
+    option is not)."""
+    import diffusers_convert
+    diffusers_convert.save_pipeline_folder(folder, self.unet, self.scheduler,
+                                           safe_serialization=safe_serialization)
+
+  # --- pipeline plumbing ------------------------------------------------------------------------
+  @property
+  def device(self):
+    for p in self.unet.parameters():
+      return p.device
+    return torch.device('cpu')
+
+  def to(self, device):
+    self.unet.to(device)
+    return self
+
+  def set_progress_bar_config(self, **kwargs):
+    """Options for the tqdm bar of `__call__` (e.g. disable=True)."""
+    self._progress_bar_config = kwargs
+
+  def progress_bar(self, iterable):
+    from tqdm.auto import tqdm
+    return tqdm(iterable, **self._progress_bar_config)
+
+  numpy_to_pil = staticmethod(numpy_to_pil)
+
+  def _image_shape(self):
+    config = getattr(self.unet, 'config', None)
+    size, channels = self.sample_size, self.num_channels
+    if size is None:
+      size = _lookup(config, 'sample_size') or _lookup(config, 'data', 'image_size')
+    if channels is None:
+      channels = (_lookup(config, 'in_channels') or _lookup(config, 'data', 'num_channels') or 3)
+    if size is None:
+      raise ValueError('Cannot tell the image size from the model: pass sample_size= to '
+                       'ScoreSdeVePipeline.')
+    return int(channels), int(size)
+
+  def _score(self, sample, sigma):
+    out = self.unet(sample, sigma)
+    return out.sample if hasattr(out, 'sample') else out
+
+  @torch.no_grad()
+  def __call__(self, batch_size=1, num_inference_steps=2000, generator=None, output_type='pil',
+               return_dict=True, **kwargs):
+    """Draw `batch_size` images with `num_inference_steps` predictor-corrector steps.
+
+    x_0 ~ N(0, sigma_max^2 I) (drawn on the generator's device, else the CPU); for each t_i in
+    `scheduler.timesteps`: `correct_steps` x (score at sigma(t_i), step_correct), then the score
+    at sigma(t_i) and step_pred.
+    The result is the last `prev_sample_mean` (no noise on the final step) clamped to [0, 1].
+
+    Args:
+      batch_size: number of images B.
+      num_inference_steps: number of predictor steps (model calls: (1 + correct_steps) per step).
+      generator: torch.Generator or a list of B of them; all draws come from it.
+      output_type: 'pil' (list of PIL images) or 'np' (float array (B, H, W, C) in [0, 1]).
+      return_dict: return an ImagePipelineOutput rather than a 1-tuple.
+    """
+    if output_type not in ('pil', 'np'):
+      raise ValueError(f"output_type must be 'pil' or 'np', got {output_type!r}.")
+    channels, size = self._image_shape()
+    shape = (batch_size, channels, size, size)
+    device = self.device
+    sample = (_randn(shape, generator) * self.scheduler.init_noise_sigma).to(device)
+    scheduler = self.scheduler
+    scheduler.set_timesteps(num_inference_steps)
+    scheduler.set_sigmas(num_inference_steps)
+    sample_mean = sample
+    for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
+      sigma_t = scheduler.sigmas[i] * torch.ones(batch_size, device=device)
+      for _ in range(scheduler.config.correct_steps):
+        sample = scheduler.step_correct(self._score(sample, sigma_t), sample,
+                                        generator=generator).prev_sample
+      output = scheduler.step_pred(self._score(sample, sigma_t), t, sample, generator=generator)
+      sample, sample_mean = output.prev_sample, output.prev_sample_mean
+    images = sample_mean.clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy()
+    if output_type == 'pil':
+      images = self.numpy_to_pil(images)
+    if not return_dict:
+      return (images,)
+    return ImagePipelineOutput(images=images)
+
+
+def _lookup(config, *names):
+  """config.a.b... or None when any level is missing (works for dicts and ConfigDicts)."""
+  for name in names:
+    if config is None:
+      return None
+    try:
+      config = config[name] if isinstance(config, dict) else getattr(config, name)
+    except (KeyError, AttributeError):
+      return None
+  return config
