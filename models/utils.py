@@ -56,7 +56,8 @@ def get_model_fn(model, train=False):
   """(x, labels) -> network output, with the module in train or eval mode."""
 
   def model_fn(x, labels):
-    model.train(train)
+    if model.training != train:  # .train() walks every submodule: ~3 % of a small forward
+      model.train(train)
     return model(x, labels)
 
   return model_fn

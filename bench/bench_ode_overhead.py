@@ -1,0 +1,93 @@
+"""Wall time of the probability-flow ODE sampler spent outside the network (solver arithmetic,
+host copies), per method. The network is timed with forward pre/post hooks.
+
+  python bench/bench_ode_overhead.py           # small NCSN++ (parity config: nf 16, 16x16), batch 8
+  python bench/bench_ode_overhead.py --full    # configs/ve/cifar10_ncsnpp_continuous
+
+Prints a table and writes bench/results/bench_ode_overhead[_full].json.
+"""
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import sampling  # noqa: E402
+import sde_lib  # noqa: E402
+from bench_likelihood import load_model, sync  # noqa: E402
+
+
+class NetworkTimer:
+  """Accumulates the time spent inside model.forward (synchronising CUDA at both ends)."""
+
+  def __init__(self, model, device):
+    self.device, self.seconds, self.calls, self._start = device, 0., 0, None
+    model.register_forward_pre_hook(self._pre)
+    model.register_forward_hook(self._post)
+
+  def _pre(self, module, inputs):
+    sync(self.device)
+    self._start = time.perf_counter()
+
+  def _post(self, module, inputs, output):
+    sync(self.device)
+    self.seconds += time.perf_counter() - self._start
+    self.calls += 1
+
+  def reset(self):
+    self.seconds, self.calls = 0., 0
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--full', action='store_true', help='full-size CIFAR-10 NCSN++')
+  parser.add_argument('--batch', type=int, default=8)
+  parser.add_argument('--methods', default='RK45,dopri5,rk4')
+  parser.add_argument('--tol', type=float, default=1e-5, help='rtol = atol of adaptive methods')
+  parser.add_argument('--num-steps', type=int, default=50, help='steps of fixed-step methods')
+  parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+  parser.add_argument('--threads', type=int, default=None, help='torch intra-op threads')
+  args = parser.parse_args()
+  if args.threads:
+    torch.set_num_threads(args.threads)
+
+  config, model = load_model(args.full, args.device)
+  sde, eps = sde_lib.get_sde(config)
+  size = config.data.image_size
+  shape = (args.batch, config.data.num_channels, size, size)
+  timer = NetworkTimer(model, args.device)
+  z = sde.prior_sampling(shape, generator=torch.Generator().manual_seed(0)).to(args.device)
+  rows = {}
+  for method in args.methods.split(','):
+    sampler = sampling.get_ode_sampler(sde, shape, lambda x: x, rtol=args.tol, atol=args.tol,
+                                       method=method, eps=eps, device=args.device,
+                                       num_steps=args.num_steps)
+    timer.reset()
+    sync(args.device)
+    start = time.perf_counter()
+    _, nfe = sampler(model, z=z)
+    sync(args.device)
+    wall = time.perf_counter() - start
+    rows[method] = {'nfe': nfe, 'wall_s': wall, 'network_s': timer.seconds,
+                    'outside_fraction': 1 - timer.seconds / wall}
+  result = {'model': 've/cifar10_ncsnpp_continuous' if args.full else 'parity ncsnpp (nf 16, 16x16)',
+            'device': str(args.device), 'batch': args.batch, 'tol': args.tol,
+            'threads': torch.get_num_threads(), 'methods': rows}
+  print(f"{result['model']}, batch {args.batch}, {args.device}, tol {args.tol}")
+  print(f"{'method':10s}{'nfe':>6s}{'wall s':>10s}{'network s':>11s}{'outside':>9s}")
+  for method, r in rows.items():
+    print(f"{method:10s}{r['nfe']:6d}{r['wall_s']:10.2f}{r['network_s']:11.2f}"
+          f"{100 * r['outside_fraction']:8.1f}%")
+  out = ROOT / 'bench' / 'results' / f'bench_ode_overhead{"_full" if args.full else ""}.json'
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(result, indent=2))
+  print(f'wrote {out.relative_to(ROOT)}')
+
+
+if __name__ == '__main__':
+  main()
