@@ -206,7 +206,7 @@ def singlestep_orders(nfe, order):
   return {0: [3] * (k - 2) + [2, 1], 1: [3] * (k - 1) + [1], 2: [3] * (k - 1) + [2]}[nfe % 3]
 
 
-def dpm_solver_sample(score_fn, sde, shape, num_steps=20, order=3, method='multistep',
+def dpm_solver_sample(score_fn, sde, shape, num_steps=20, order=3, method='singlestep',
                       algorithm='dpmsolver++', schedule='logsnr', eps=1e-3, denoise_to_zero=False,
                       lower_order_final=True, z=None, generator=None, device='cpu',
                       progress=False):
@@ -277,20 +277,22 @@ def get_dpm_solver_sampler(sde, shape, inverse_scaler, num_steps=20, order=3, ep
                        num_steps=num_steps, order=order, eps=eps, **kwargs)
 
 
-def get_fast_sampling_fn(config, sde, shape, inverse_scaler, eps, device=None):
-  """Build the sampler `config.sampling.method` ('heun' or 'dpm_solver') names."""
+def heun_from_config(config, sde, shape, inverse_scaler, eps):
+  """`config.sampling.method = 'heun'`: num_steps noise levels, optional `churn`."""
   s = config.sampling
-  continuous = config.training.continuous
-  device = device or config.device
-  if s.method == 'heun':
-    return get_heun_sampler(sde, shape, inverse_scaler, num_steps=s.get('num_steps', 18), eps=eps,
-                            continuous=continuous, device=device, churn=s.get('churn', 0.),
-                            progress=s.get('progress', False))
-  if s.method == 'dpm_solver':
-    return get_dpm_solver_sampler(sde, shape, inverse_scaler, num_steps=s.get('num_steps', 20),
-                                  order=s.get('order', 3), eps=eps, continuous=continuous,
-                                  device=device,
-                                  method=s.get('dpm_method', 'multistep'),
-                                  algorithm=s.get('dpm_algorithm', 'dpmsolver++'),
-                                  progress=s.get('progress', False))
-  raise ValueError(f'Unknown fast sampling method {s.method!r}; choose heun or dpm_solver.')
+  return get_heun_sampler(sde, shape, inverse_scaler, num_steps=s.get('num_steps', 18), eps=eps,
+                          continuous=config.training.continuous, device=config.device,
+                          churn=s.get('churn', 0.), progress=s.get('progress', False))
+
+
+def dpm_solver_from_config(config, sde, shape, inverse_scaler, eps):
+  """`config.sampling.method = 'dpm_solver'`: num_steps evaluations of order `order`;
+  optional `dpm_method` ('singlestep'), `dpm_algorithm` ('dpmsolver++'), `dpm_schedule`."""
+  s = config.sampling
+  return get_dpm_solver_sampler(sde, shape, inverse_scaler, num_steps=s.get('num_steps', 20),
+                                order=s.get('order', 3), eps=eps,
+                                continuous=config.training.continuous, device=config.device,
+                                method=s.get('dpm_method', 'singlestep'),
+                                algorithm=s.get('dpm_algorithm', 'dpmsolver++'),
+                                schedule=s.get('dpm_schedule', 'logsnr'),
+                                progress=s.get('progress', False))

@@ -22,6 +22,7 @@ import abc
 import torch
 import tqdm
 
+import fast_sampling
 import ode_solvers
 import sde_lib
 from models import utils as mutils
@@ -401,8 +402,13 @@ def _pc_from_config(config, sde, shape, inverse_scaler, eps):
                         eps=eps, device=config.device)
 
 
+# Few-step ODE samplers (fast_sampling.py): EDM's Heun and DPM-Solver.
+register_sampler(fast_sampling.heun_from_config, name='heun')
+register_sampler(fast_sampling.dpm_solver_from_config, name='dpm_solver')
+
+
 def get_sampling_fn(config, sde, shape, inverse_scaler, eps):
-  """Build the sampler named by `config.sampling.method` ('pc', 'ode', or any registered one).
+  """Build the sampler named by `config.sampling.method`: 'pc', 'ode', 'heun', 'dpm_solver'.
 
   Optional config.sampling keys of the ODE sampler: ode_method ('RK45'), ode_rtol, ode_atol
   (1e-5), ode_num_steps (100). Returns sampler(model, ...) -> (samples, nfe).

@@ -288,11 +288,6 @@ def tiny_ncsnpp_config():
 
 def tiny_ncsnpp():
   from models import utils as mutils
-  try:
-    import models.ncsnpp  # noqa: F401
-    mutils.get_model('ncsnpp')
-  except (ImportError, ValueError) as e:
-    pytest.skip(f'models/ncsnpp.py is not usable yet ({e})')
   torch.manual_seed(0)
   config = tiny_ncsnpp_config()
   return config, mutils.create_model(config).eval()
@@ -324,14 +319,15 @@ PARITY_VAR = torch.linspace(0.3, 2, 16).reshape(1, 1, 4, 4)
 
 
 class PlainVEScore(torch.nn.Module):
-  """As in make_reference.py: VE continuous, label sigma, output the Gaussian score."""
+  """As when the fixture was made (tests/fixtures/README.md): VE continuous, label sigma,
+  output the Gaussian score."""
 
   def forward(self, x, labels):
     return -(x - PARITY_MEAN) / (PARITY_VAR + labels.reshape(-1, 1, 1, 1) ** 2)
 
 
 class PlainVPEps(torch.nn.Module):
-  """As in make_reference.py: VP continuous, label 999 t, output -score * std."""
+  """As when the fixture was made: VP continuous, label 999 t, output -score * std."""
 
   def forward(self, x, labels):
     t = labels / 999
