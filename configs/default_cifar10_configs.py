@@ -104,6 +104,21 @@ def get_default_configs():
   optim.warmup = 5000                          # steps of linear learning-rate warm-up
   optim.grad_clip = 1.                         # gradient-norm clip (negative: none)
 
+  # The noise-conditional classifier for class-conditional sampling (classifier_lib.py):
+  # the JAX original's WRN-28-10; loop settings left None follow config.training.
+  config.classifier = classifier = ml_collections.ConfigDict()
+  classifier.blocks_per_group = 4              # residual blocks per group (depth 6k + 4)
+  classifier.channel_multiplier = 10           # widths 16k, 32k, 64k
+  classifier.embedding_size = 128              # Fourier features of log(sigma)
+  classifier.fourier_scale = 16.
+  classifier.ema_rate = 0.999
+  classifier.n_iters = config_dict.placeholder(int)
+  classifier.log_freq = config_dict.placeholder(int)
+  classifier.eval_freq = config_dict.placeholder(int)
+  classifier.snapshot_freq = config_dict.placeholder(int)
+  classifier.snapshot_freq_for_preemption = config_dict.placeholder(int)
+  classifier.eval_times = (0., 0.25, 0.5)      # t of the reported test accuracies (0: clean)
+
   config.seed = 42
   config.device = torch.device('cuda:0') if torch.cuda.is_available() else torch.device('cpu')
   return config

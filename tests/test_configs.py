@@ -25,7 +25,14 @@ DEFAULTS = ['default_celeba_configs', 'default_cifar10_configs', 'default_lsun_c
 PROJECT_CONFIGS = {'ve/digits_ncsnpp_continuous', 'vp/digits_ddpmpp_continuous'}
 # Keys this project adds to the defaults, with their default values.
 NEW_KEYS = {'data.root': None, 'data.download': False, 'sampling.num_steps': 18,
-            'sampling.order': 3, 'sampling.progress': False}
+            'sampling.order': 3, 'sampling.progress': False,
+            # the noise-conditional classifier (classifier_lib.CLASSIFIER_DEFAULTS)
+            'classifier.blocks_per_group': 4, 'classifier.channel_multiplier': 10,
+            'classifier.embedding_size': 128, 'classifier.fourier_scale': 16.,
+            'classifier.ema_rate': 0.999, 'classifier.n_iters': None, 'classifier.log_freq': None,
+            'classifier.eval_freq': None, 'classifier.snapshot_freq': None,
+            'classifier.snapshot_freq_for_preemption': None,
+            'classifier.eval_times': [0., 0.25, 0.5]}
 SDE_CLASSES = {'vesde': sde_lib.VESDE, 'vpsde': sde_lib.VPSDE, 'subvpsde': sde_lib.subVPSDE}
 # Full-size models are built on the meta device (shapes only, no memory, no init cost).
 META = torch.device('meta')
