@@ -1,0 +1,404 @@
+"""Training of score-based models: `train(config, workdir)`, written as small named steps.
+
+A workdir holds
+  config.json                    the resolved config (a run refuses to resume under another one)
+  stdout.txt, tensorboard/       logs; scalars training_loss, eval_loss, lr, grad_norm, steps_per_sec
+  checkpoints/checkpoint_N.pth   snapshots every training.snapshot_freq steps (N = step // freq)
+  checkpoints-meta/checkpoint.pth  the resume checkpoint, overwritten every
+                                 training.snapshot_freq_for_preemption steps and at the end
+  samples/iter_S/sample.{png,np} EMA samples at each snapshot (uint8 NHWC in sample.np)
+
+Checkpoints hold model, optimizer, EMA, step and 'rng' (per-rank torch / CUDA / numpy / Python
+RNG states and the loss-noise generator), and the data stream restarts at the batch it stopped
+at, so a resumed run continues exactly as if it had not stopped. Writes are atomic
+(utils.save_checkpoint), so a run killed mid-write resumes from the previous checkpoint.
+
+Multi-GPU: under `torchrun --nproc_per_node=N` (WORLD_SIZE set) training uses
+DistributedDataParallel; config.training.batch_size stays the global batch, each rank loads its
+DistributedSampler shard, and rank 0 logs and writes checkpoints and samples.
+"""
+import json
+import logging
+import math
+import os
+import random
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import datasets
+import losses
+import sde_lib
+from models import utils as mutils
+from models.ema import ExponentialMovingAverage
+from utils import restore_checkpoint, save_checkpoint
+
+# Config entries that may change between a run and its resumption (they do not change the
+# weights a step produces). Any other difference makes `train` refuse the workdir.
+RESUMABLE_CHANGES = ('training.n_iters', 'training.log_freq', 'training.eval_freq',
+                     'training.snapshot_freq', 'training.snapshot_freq_for_preemption',
+                     'training.snapshot_sampling', 'eval.', 'sampling.', 'device', 'data.root',
+                     'data.download', 'data.num_workers')
+
+
+def evaluate(config, workdir, eval_folder='eval'):
+  """Evaluate the checkpoints of `workdir` (see eval_lib.evaluate); imported on first use."""
+  from eval_lib import evaluate as _evaluate
+  return _evaluate(config, workdir, eval_folder)
+
+
+# --- Distributed set-up -------------------------------------------------------------------------
+
+def init_distributed(config):
+  """Join the process group torchrun describes (WORLD_SIZE, RANK, LOCAL_RANK), if any.
+
+  Uses NCCL on CUDA (one GPU per local rank; config.device is set to it) and gloo on CPU.
+  Returns (rank, world_size, joined): (0, 1, False) for a plain `python` run; `joined` says
+  that this call created the group (and the caller should destroy it).
+  """
+  if dist.is_available() and dist.is_initialized():
+    return dist.get_rank(), dist.get_world_size(), False
+  if int(os.environ.get('WORLD_SIZE', '1')) <= 1:
+    return 0, 1, False
+  if config.device.type == 'cuda':
+    local_rank = int(os.environ.get('LOCAL_RANK', '0'))
+    torch.cuda.set_device(local_rank)
+    config.device = torch.device('cuda', local_rank)
+  dist.init_process_group('nccl' if config.device.type == 'cuda' else 'gloo')
+  return dist.get_rank(), dist.get_world_size(), True
+
+
+def _global_mean(value, world):
+  """Average a 0-d tensor over ranks (all ranks get the global batch's loss)."""
+  if world > 1:
+    value = value.detach().clone()
+    dist.all_reduce(value)
+    value /= world
+  return value
+
+
+# --- Workdir and config -------------------------------------------------------------------------
+
+def _jsonable(value):
+  if isinstance(value, dict):
+    return {k: _jsonable(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_jsonable(v) for v in value]
+  if value is None or isinstance(value, (bool, int, float, str)):
+    return value
+  return str(value)  # torch.device, dtypes
+
+
+def _flatten(tree, prefix=''):
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[prefix + key] = value
+  return flat
+
+
+def check_and_save_config(config, workdir):
+  """Write the resolved config to workdir/config.json, refusing a workdir of another run.
+
+  Raises:
+    ValueError naming the entries that differ (changes in RESUMABLE_CHANGES are allowed).
+  """
+  path = os.path.join(workdir, 'config.json')
+  current = _jsonable(config.to_dict())
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = _flatten(json.load(f))
+    now = _flatten(current)
+    differ = sorted(k for k in set(saved) | set(now)
+                    if saved.get(k, '<absent>') != now.get(k, '<absent>')
+                    and not any(k == p or (p.endswith('.') and k.startswith(p)) for p in RESUMABLE_CHANGES))
+    if differ:
+      details = '; '.join(f'{k}: {saved.get(k, "<absent>")!r} there, {now.get(k, "<absent>")!r} now'
+                          for k in differ[:8])
+      raise ValueError(f'Workdir {workdir} holds a run of another config ({details}). Use a new '
+                       '--workdir, or the config saved in config.json to resume that run.')
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(current, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+# --- Randomness ---------------------------------------------------------------------------------
+
+def seed_everything(seed):
+  """Seed Python, numpy and torch (all devices)."""
+  random.seed(seed)
+  np.random.seed(seed % 2 ** 32)
+  torch.manual_seed(seed)
+
+
+def get_rng_state(noise_generator, device):
+  """This process's RNG states, as tensors and numbers (loadable with weights_only=True)."""
+  name, keys, pos, has_gauss, cached = np.random.get_state()
+  return dict(torch=torch.get_rng_state(),
+              cuda=torch.cuda.get_rng_state(device) if device.type == 'cuda' else None,
+              numpy=[name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+              python=random.getstate(), noise=noise_generator.get_state())
+
+
+def set_rng_state(rng, noise_generator, device):
+  torch.set_rng_state(rng['torch'])
+  if rng['cuda'] is not None and device.type == 'cuda':
+    torch.cuda.set_rng_state(rng['cuda'], device)
+  name, keys, pos, has_gauss, cached = rng['numpy']
+  np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+  version, internal, gauss = rng['python']
+  random.setstate((version, tuple(internal), gauss))
+  noise_generator.set_state(rng['noise'])
+
+
+def _gather_rng(noise_generator, device, world):
+  rng = get_rng_state(noise_generator, device)
+  if world == 1:
+    return [rng]
+  gathered = [None] * world
+  dist.all_gather_object(gathered, rng)
+  return gathered
+
+
+# --- Building, checkpoints ----------------------------------------------------------------------
+
+def build_state(config):
+  """Model, EMA and optimizer for `config`, as the state dict the step functions update."""
+  model = mutils.create_model(config)
+  ema = ExponentialMovingAverage(model.parameters(), decay=config.model.ema_rate)
+  optimizer = losses.get_optimizer(config, model.parameters())
+  return dict(optimizer=optimizer, model=model, ema=ema, step=0)
+
+
+def save(path, state, noise_generator, config, rank, world):
+  """Checkpoint `state` with every rank's RNG states (collective; rank 0 writes)."""
+  rng = _gather_rng(noise_generator, config.device, world)
+  if rank == 0:
+    save_checkpoint(path, dict(state, rng=rng))
+
+
+def resume(path, state, noise_generator, config, rank, world):
+  """Restore the resume checkpoint at `path` into `state`, if there is one. Returns its step.
+
+  Resumed with as many processes as it was saved with, every RNG continues exactly. With another
+  number, the weights, optimizer, data position and loss noise (drawn alike on every rank) still
+  continue; only the per-rank streams (dropout) start afresh.
+  """
+  if not os.path.exists(path):
+    return 0
+  restore_checkpoint(path, state, config.device)
+  rng = state.pop('rng', None)
+  state['step'] = int(state['step'])
+  try:
+    if rng is not None and len(rng) == world:
+      set_rng_state(rng[rank], noise_generator, config.device)
+      return state['step']
+    if rng is not None:
+      noise_generator.set_state(rng[0]['noise'])
+  except RuntimeError as e:  # e.g. saved on a GPU, resumed on the CPU: other generator type
+    logging.warning('Could not restore the RNG states of %s (%s).', path, e)
+  logging.warning('%s was written by %s process(es), this run has %d: per-process random streams '
+                  'start afresh.', path, None if rng is None else len(rng), world)
+  return state['step']
+
+
+def build_data(config, initial_step):
+  """Train and eval batch iterators positioned where a run resumed at `initial_step` stands."""
+  train_ds, eval_ds, _ = datasets.get_dataset(config, uniform_dequantization=config.data.uniform_dequantization)
+  evaluations_done = -(-initial_step // config.training.eval_freq)  # ceil: evals at 0, f, 2f, ...
+  return train_ds.iterate(initial_step), eval_ds.iterate(evaluations_done)
+
+
+def build_step_fns(config, sde, noise_generator, shard=None):
+  """Training and evaluation `losses.StepFn`s for `config.training` and `config.optim`."""
+  tc = config.training
+  kwargs = dict(reduce_mean=tc.reduce_mean, continuous=tc.continuous,
+                likelihood_weighting=tc.likelihood_weighting, generator=noise_generator, shard=shard)
+  train_step = losses.get_step_fn(sde, train=True, optimize_fn=losses.optimization_manager(config),
+                                  **kwargs)
+  return train_step, losses.get_step_fn(sde, train=False, **kwargs)
+
+
+# --- Steps of the loop --------------------------------------------------------------------------
+
+def _to_device(batch, config):
+  return batch.to(config.device, non_blocking=True)
+
+
+def log_scalars(writer, step, **scalars):
+  for name, value in scalars.items():
+    writer.add_scalar(name, value, step)
+
+
+def eval_loss(eval_step, state, eval_iter, scaler, config, world):
+  """Loss of the EMA weights on one evaluation batch (mean over ranks)."""
+  batch = scaler(_to_device(next(eval_iter), config))
+  return _global_mean(eval_step(state, batch), world).item()
+
+
+def save_samples(sampler, model, ema, sample_dir, step, config, rank, world):
+  """Draw a batch with the EMA weights and write samples/iter_{step}/sample.{png,np} (rank 0).
+
+  Each rank draws batch_size / world_size samples from its own seeded stream; the training
+  RNG streams are left untouched.
+  """
+  from torchvision.utils import make_grid, save_image
+  devices = [config.device] if config.device.type == 'cuda' else []
+  with torch.random.fork_rng(devices=devices):
+    torch.manual_seed(config.seed * 7919 + step * 101 + rank)
+    ema.store(model.parameters())
+    ema.copy_to(model.parameters())
+    try:
+      samples, _ = sampler(model)
+    finally:
+      ema.restore(model.parameters())
+  samples = samples.detach()
+  if world > 1:
+    parts = [torch.empty_like(samples) for _ in range(world)]
+    dist.all_gather(parts, samples.contiguous())
+    samples = torch.cat(parts)
+  if rank != 0:
+    return
+  out_dir = os.path.join(sample_dir, f'iter_{step}')
+  os.makedirs(out_dir, exist_ok=True)
+  samples = samples.clamp(0, 1).cpu()
+  save_image(make_grid(samples, nrow=int(math.sqrt(samples.shape[0])), padding=2),
+             os.path.join(out_dir, 'sample.png'))
+  with open(os.path.join(out_dir, 'sample.np'), 'wb') as f:
+    np.save(f, (samples.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8))
+
+
+def _check_finite(loss, step, what, meta_path):
+  if not math.isfinite(loss):
+    raise FloatingPointError(
+      f'The {what} is {loss} at step {step}: training stopped. Nothing was saved after this step; '
+      f'the last good resume checkpoint is {meta_path} (and checkpoints/). Lower optim.lr or '
+      'optim.grad_clip, check the data scaling (data.centered), then resume.')
+
+
+def _log_to_file(workdir):
+  """Copy log records to workdir/stdout.txt; returns the handler (remove it when done)."""
+  logger = logging.getLogger()
+  handler = logging.FileHandler(os.path.join(workdir, 'stdout.txt'))
+  handler.setFormatter(logging.Formatter('%(levelname)s - %(filename)s - %(asctime)s - %(message)s'))
+  logger.addHandler(handler)
+  logger.setLevel(logging.INFO)
+  return handler
+
+
+def train(config, workdir):
+  """Train the model of `config`, resuming from workdir/checkpoints-meta if a run stopped there.
+
+  Step s trains on global batch s, logs every log_freq steps, evaluates the loss of the EMA
+  weights every eval_freq steps, snapshots (checkpoint + samples) every snapshot_freq steps and
+  at the last step n_iters, then writes the resume checkpoint every snapshot_freq_for_preemption
+  steps (after the rest of the step, so a resumed run replays nothing).
+  """
+  rank, world, joined = init_distributed(config)
+  main_process = rank == 0
+  log_handler = None
+  if main_process:
+    for d in _paths(workdir)[1:]:
+      os.makedirs(os.path.dirname(d) if d.endswith('.pth') else d, exist_ok=True)
+    check_and_save_config(config, workdir)
+    log_handler = _log_to_file(workdir)
+  try:
+    return _train(config, workdir, rank, world)
+  finally:
+    if log_handler is not None:
+      logging.getLogger().removeHandler(log_handler)
+      log_handler.close()
+    if joined:
+      dist.destroy_process_group()
+
+
+def _paths(workdir):
+  """(workdir, resume checkpoint, snapshot folder, sample folder)."""
+  return (workdir, os.path.join(workdir, 'checkpoints-meta', 'checkpoint.pth'),
+          os.path.join(workdir, 'checkpoints'), os.path.join(workdir, 'samples'))
+
+
+def _train(config, workdir, rank, world):
+  main_process = rank == 0
+  _, meta_path, ckpt_dir, sample_dir = _paths(workdir)
+
+  # Same seed on every rank for identical initial weights; then per-rank streams (dropout).
+  seed_everything(config.seed)
+  state = build_state(config)
+  seed_everything(config.seed + rank)
+  noise_generator = torch.Generator(device=config.device).manual_seed(config.seed)
+  initial_step = resume(meta_path, state, noise_generator, config, rank, world)
+  model = state['model']
+  if world > 1:
+    state['model'] = torch.nn.parallel.DistributedDataParallel(
+      model, device_ids=[config.device.index] if config.device.type == 'cuda' else None)
+
+  tc = config.training
+  train_iter, eval_iter = build_data(config, initial_step)
+  scaler = datasets.get_data_scaler(config)
+  sde, sampling_eps = sde_lib.get_sde(config)
+  train_step, eval_step = build_step_fns(config, sde, noise_generator, shard=(rank, world) if world > 1 else None)
+  eval_state = dict(state, model=model)  # evaluation bypasses DDP's gradient hooks
+  sampler = None
+  if tc.snapshot_sampling:
+    import sampling
+    shape = (tc.batch_size // world, config.data.num_channels, config.data.image_size,
+             config.data.image_size)
+    sampler = sampling.get_sampling_fn(config, sde, shape, datasets.get_data_inverse_scaler(config),
+                                       sampling_eps)
+
+  writer, progress = None, None
+  if main_process:
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+    writer = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+    progress = tqdm(total=tc.n_iters + 1, initial=initial_step, desc='train', dynamic_ncols=True,
+                    disable=None)
+    logging.info('Starting training loop at step %d (%d process%s).', initial_step, world,
+                 'es' if world > 1 else '')
+
+  last_time, last_step = time.time(), initial_step
+  for step in range(initial_step, tc.n_iters + 1):
+    batch = scaler(_to_device(next(train_iter), config))
+    loss = _global_mean(train_step(state, batch), world).item()
+    _check_finite(loss, step, 'training loss', meta_path)
+
+    if main_process:
+      progress.update(1)
+      if step % tc.log_freq == 0:
+        now = time.time()
+        rate = (step - last_step) / max(now - last_time, 1e-9) if step > last_step else 0.
+        last_time, last_step = now, step
+        lr = state['optimizer'].param_groups[0]['lr']
+        logging.info('step: %d, training_loss: %.5e', step, loss)
+        log_scalars(writer, step, training_loss=loss, lr=lr,
+                    grad_norm=float(train_step.grad_norm), steps_per_sec=rate)
+        progress.set_postfix(loss=f'{loss:.4g}')
+
+    if step % tc.eval_freq == 0:
+      value = eval_loss(eval_step, eval_state, eval_iter, scaler, config, world)
+      _check_finite(value, step, 'evaluation loss', meta_path)
+      if main_process:
+        logging.info('step: %d, eval_loss: %.5e', step, value)
+        log_scalars(writer, step, eval_loss=value)
+
+    if (step != 0 and step % tc.snapshot_freq == 0) or step == tc.n_iters:
+      save(os.path.join(ckpt_dir, f'checkpoint_{step // tc.snapshot_freq}.pth'), state,
+           noise_generator, config, rank, world)
+      if sampler is not None:
+        save_samples(sampler, model, state['ema'], sample_dir, step, config, rank, world)
+
+    if (step != 0 and step % tc.snapshot_freq_for_preemption == 0) or step == tc.n_iters:
+      save(meta_path, state, noise_generator, config, rank, world)
+
+  if main_process:
+    progress.close()
+    writer.close()
+    logging.info('Finished training at step %d.', tc.n_iters)
+  state['model'] = model
+  return state

@@ -1,0 +1,221 @@
+"""run_lib.train on the embedded digits with a tiny score network: the loss falls, the workdir
+holds what it should, a SIGKILLed run resumes to the same weights, two DDP processes match one,
+a NaN loss stops training, and a workdir of another config is refused."""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import losses
+import run_lib
+import sde_lib
+from configs import load_config
+from models import utils as mutils
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TESTS = ROOT / 'tests'
+
+
+class TinyScore(nn.Module):
+  """Three convolutions conditioned on the (log) noise label; enough to learn digits a little."""
+
+  def __init__(self, config):
+    super().__init__()
+    c, nf = config.data.num_channels, config.model.nf
+    self.inp = nn.Conv2d(c, nf, 3, padding=1)
+    self.embed = nn.Linear(1, nf)
+    self.mid = nn.Conv2d(nf, nf, 3, padding=1)
+    self.out = nn.Conv2d(nf, c, 3, padding=1)
+    self.dropout = nn.Dropout(config.model.dropout)
+
+  def forward(self, x, sigma):
+    h = torch.nn.functional.silu(self.inp(x) + self.embed(torch.log(sigma)[:, None])[:, :, None, None])
+    h = torch.nn.functional.silu(self.mid(self.dropout(h)))
+    return self.out(h) / sigma[:, None, None, None]  # VE: output the score, scaled by 1 / sigma
+
+
+class NaNAfter(TinyScore):
+  """TinyScore whose training forward passes return NaN from the 6th on."""
+  calls = 0
+
+  def forward(self, x, sigma):
+    if self.training:
+      NaNAfter.calls += 1
+    out = super().forward(x, sigma)
+    return out * float('nan') if NaNAfter.calls > 5 else out
+
+
+for _name, _cls in (('tiny_score', TinyScore), ('tiny_score_nan', NaNAfter)):
+  if _name not in mutils.MODELS:
+    mutils.register_model(_cls, name=_name)
+
+
+def tiny_config(n_iters=20, **overrides):
+  """Digits at 8x8, batch 8, TinyScore, no sampling; `overrides` as {'section.key': value}."""
+  config = load_config('ve/digits_ncsnpp_continuous')
+  config.model.name = 'tiny_score'
+  config.model.nf = 16
+  config.model.dropout = 0.1
+  config.model.num_scales = 5
+  config.data.image_size = 8
+  config.data.random_flip = True
+  config.data.uniform_dequantization = True
+  config.training.batch_size = 8
+  config.training.n_iters = n_iters
+  config.training.log_freq = 5
+  config.training.eval_freq = 5
+  config.training.snapshot_freq = 1000
+  config.training.snapshot_freq_for_preemption = 5
+  config.training.snapshot_sampling = False
+  config.eval.batch_size = 20
+  config.optim.warmup = 5
+  config.device = torch.device('cpu')
+  for key, value in overrides.items():
+    section, name = key.split('.')
+    config[section][name] = value
+  return config
+
+
+def _load(path):
+  return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def _eval_loss(config, state):
+  """Loss of the live weights on all 300 test digits with fixed noise."""
+  import datasets
+  sde, _ = sde_lib.get_sde(config)
+  loss_fn = losses.get_sde_loss_fn(sde, False, reduce_mean=False, likelihood_weighting=False)
+  _, eval_ds, _ = datasets.get_dataset(config, evaluation=True)
+  g = torch.Generator().manual_seed(0)
+  with torch.no_grad():
+    return sum(loss_fn(state['model'], x, generator=g).item() for x in eval_ds) / len(eval_ds)
+
+
+def test_loss_falls_and_workdir_layout(tmp_path):
+  config = tiny_config(n_iters=300, **{'training.log_freq': 50, 'training.eval_freq': 50,
+                                       'training.snapshot_freq': 150, 'training.snapshot_sampling': True,
+                                       'training.batch_size': 16, 'model.dropout': 0.,
+                                       'training.snapshot_freq_for_preemption': 100})
+  torch.manual_seed(config.seed)
+  before = _eval_loss(config, run_lib.build_state(config))
+  state = run_lib.train(config, str(tmp_path))
+  after = _eval_loss(config, state)
+  print(f'eval loss before {before:.3f}, after 300 steps {after:.3f}')
+  assert after < 0.75 * before
+  assert state['step'] == 301
+
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['checkpoint_1.pth', 'checkpoint_2.pth']
+  assert _load(tmp_path / 'checkpoints-meta' / 'checkpoint.pth')['step'] == 301
+  for step in (150, 300):
+    grid = tmp_path / 'samples' / f'iter_{step}'
+    assert (grid / 'sample.png').stat().st_size > 0
+    samples = np.load(grid / 'sample.np')
+    assert samples.shape == (16, 8, 8, 1) and samples.dtype == np.uint8
+  saved = json.loads((tmp_path / 'config.json').read_text())
+  assert saved['model']['name'] == 'tiny_score' and saved['training']['n_iters'] == 300
+
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  events = EventAccumulator(str(tmp_path / 'tensorboard')).Reload()
+  tags = set(events.Tags()['scalars'])
+  assert {'training_loss', 'eval_loss', 'lr', 'grad_norm', 'steps_per_sec'} <= tags
+  lrs = {e.step: e.value for e in events.Scalars('lr')}
+  assert lrs[0] == 0. and lrs[300] == pytest.approx(config.optim.lr)
+
+
+def _train_command(workdir, n_iters, kill_marker=None):
+  code = (f'import sys; sys.path[:0] = [{str(ROOT)!r}, {str(TESTS)!r}]; import test_train, run_lib; '
+          f'run_lib.train(test_train.tiny_config({n_iters}), {str(workdir)!r})')
+  env = dict(os.environ, OMP_NUM_THREADS='1', WORLD_SIZE='1')
+  return [sys.executable, '-c', code], env
+
+
+def _run(workdir, n_iters):
+  cmd, env = _train_command(workdir, n_iters)
+  subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_gives_the_uninterrupted_weights(tmp_path):
+  n_iters = 40
+  _run(tmp_path / 'whole', n_iters)
+
+  cmd, env = _train_command(tmp_path / 'killed', n_iters)
+  proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  meta = tmp_path / 'killed' / 'checkpoints-meta' / 'checkpoint.pth'
+  deadline = time.time() + 300
+  while not meta.exists() and time.time() < deadline and proc.poll() is None:
+    time.sleep(0.05)
+  time.sleep(0.3)  # let it train on (and maybe start writing the next checkpoint)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL, 'the run finished before it could be killed'
+  stopped_at = _load(meta)['step']
+  assert 0 < stopped_at < n_iters + 1
+  # A write cut short by the kill leaves at most a temporary file, never the checkpoint itself.
+  (meta.parent / '.checkpoint.pth.cut_short.tmp').write_bytes(b'PK\x03\x04 truncated')
+
+  _run(tmp_path / 'killed', n_iters)
+  log = (tmp_path / 'killed' / 'stdout.txt').read_text()
+  assert f'Starting training loop at step {stopped_at}' in log
+
+  whole, resumed = (_load(tmp_path / run / 'checkpoints-meta' / 'checkpoint.pth')
+                    for run in ('whole', 'killed'))
+  assert whole['step'] == resumed['step'] == n_iters + 1
+  for key, value in whole['model'].items():
+    assert torch.equal(value, resumed['model'][key]), key
+  for a, b in zip(whole['ema']['shadow_params'], resumed['ema']['shadow_params']):
+    assert torch.equal(a, b)
+  assert torch.equal(whole['rng'][0]['noise'], resumed['rng'][0]['noise'])
+
+
+def _ddp_worker(rank, world, workdir, port):
+  os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank),
+                    WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+  torch.set_num_threads(1)
+  run_lib.train(tiny_config(6, **{'model.dropout': 0.}), workdir)  # joins and leaves the group
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process(tmp_path):
+  import socket
+  import torch.multiprocessing as mp
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  mp.spawn(_ddp_worker, args=(2, str(tmp_path / 'ddp'), port), nprocs=2, join=True)
+  run_lib.train(tiny_config(6, **{'model.dropout': 0.}), str(tmp_path / 'one'))
+  ddp, one = (_load(tmp_path / run / 'checkpoints-meta' / 'checkpoint.pth') for run in ('ddp', 'one'))
+  assert ddp['step'] == one['step'] == 7 and len(ddp['rng']) == 2
+  for key, value in one['model'].items():
+    torch.testing.assert_close(ddp['model'][key], value, rtol=1e-5, atol=1e-6, msg=key)
+  init = run_lib.build_state(tiny_config())['model'].state_dict()
+  moved = max((one['model']['module.' + k] - v).abs().max().item() for k, v in init.items())
+  assert moved > 1e-3  # the comparison is between trained weights, not two copies of the init
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  NaNAfter.calls = 0
+  config = tiny_config(20, **{'model.name': 'tiny_score_nan', 'training.snapshot_freq_for_preemption': 2})
+  with pytest.raises(FloatingPointError, match='training loss is nan at step 5.*checkpoints-meta'):
+    run_lib.train(config, str(tmp_path))
+  saved = _load(tmp_path / 'checkpoints-meta' / 'checkpoint.pth')
+  assert saved['step'] == 5  # written after step 4
+  assert all(torch.isfinite(v).all() for v in saved['model'].values())
+
+
+def test_workdir_of_another_config_is_refused(tmp_path):
+  run_lib.train(tiny_config(2), str(tmp_path))
+  with pytest.raises(ValueError, match=r'another config \(model.nf: 16 there, 8 now'):
+    run_lib.train(tiny_config(2, **{'model.nf': 8}), str(tmp_path))
+  # Training longer is the same run: it resumes where it stopped.
+  state = run_lib.train(tiny_config(4), str(tmp_path))
+  assert state['step'] == 5
+  assert 'Starting training loop at step 3' in (tmp_path / 'stdout.txt').read_text()
