@@ -241,7 +241,7 @@ def test_unknown_names_are_clear():
   with pytest.raises(ValueError, match='Known methods: RK45.*dopri5'):
     sampling.get_ode_sampler(sde_lib.VPSDE(), (1,) + EVENT, identity, method='rk5')
   config = ml_collections.ConfigDict({'sampling': {'method': 'ddim'}})
-  with pytest.raises(ValueError, match="Unknown sampler 'ddim'. Known samplers: ode, pc"):
+  with pytest.raises(ValueError, match="Unknown sampler 'ddim'. Known samplers: dpm_solver, heun, ode, pc"):
     sampling.get_sampling_fn(config, sde_lib.VPSDE(), (1,) + EVENT, identity, 1e-3)
   with pytest.raises(NotImplementedError, match='VESDE, VPSDE, not subVPSDE'):
     sampling.AncestralSamplingPredictor(sde_lib.subVPSDE(), lambda x, t: x)

@@ -130,9 +130,30 @@ def test_loss_falls_and_workdir_layout(tmp_path):
   assert lrs[0] == 0. and lrs[300] == pytest.approx(config.optim.lr)
 
 
-def _train_command(workdir, n_iters, kill_marker=None):
-  code = (f'import sys; sys.path[:0] = [{str(ROOT)!r}, {str(TESTS)!r}]; import test_train, run_lib; '
-          f'run_lib.train(test_train.tiny_config({n_iters}), {str(workdir)!r})')
+# Child-side patch for the kill test: the k-th preemption checkpoint starts its write, then the
+# process SIGKILLs itself mid-write (deterministic, unlike a timed kill from outside).
+_KILL_DURING_SAVE = """
+import os, signal, torch
+_real_save, _meta_saves = run_lib.save_checkpoint, []
+def _save_then_die(path, state):
+  if 'checkpoints-meta' in str(path):
+    _meta_saves.append(path)
+    if len(_meta_saves) == {k}:
+      def _cut_short(obj, f, *args, **kwargs):
+        f.write(b'PK\\x03\\x04 partial')
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+      torch.save = _cut_short
+  _real_save(path, state)
+run_lib.save_checkpoint = _save_then_die
+"""
+
+
+def _train_command(workdir, n_iters, kill_at_meta_save=None):
+  code = (f'import sys; sys.path[:0] = [{str(ROOT)!r}, {str(TESTS)!r}]\nimport test_train, run_lib\n')
+  if kill_at_meta_save:
+    code += _KILL_DURING_SAVE.format(k=kill_at_meta_save)
+  code += f'run_lib.train(test_train.tiny_config({n_iters}), {str(workdir)!r})\n'
   env = dict(os.environ, OMP_NUM_THREADS='1', WORLD_SIZE='1')
   return [sys.executable, '-c', code], env
 
@@ -147,20 +168,15 @@ def test_sigkill_and_resume_gives_the_uninterrupted_weights(tmp_path):
   n_iters = 40
   _run(tmp_path / 'whole', n_iters)
 
-  cmd, env = _train_command(tmp_path / 'killed', n_iters)
-  proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  cmd, env = _train_command(tmp_path / 'killed', n_iters, kill_at_meta_save=3)
+  proc = subprocess.run(cmd, env=env, capture_output=True, timeout=600)
+  assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
   meta = tmp_path / 'killed' / 'checkpoints-meta' / 'checkpoint.pth'
-  deadline = time.time() + 300
-  while not meta.exists() and time.time() < deadline and proc.poll() is None:
-    time.sleep(0.05)
-  time.sleep(0.3)  # let it train on (and maybe start writing the next checkpoint)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert proc.returncode == -signal.SIGKILL, 'the run finished before it could be killed'
-  stopped_at = _load(meta)['step']
-  assert 0 < stopped_at < n_iters + 1
-  # A write cut short by the kill leaves at most a temporary file, never the checkpoint itself.
-  (meta.parent / '.checkpoint.pth.cut_short.tmp').write_bytes(b'PK\x03\x04 truncated')
+  stopped_at = _load(meta)['step']  # the 2nd preemption checkpoint; the 3rd was cut short
+  assert 0 < stopped_at < n_iters
+  leftovers = [p.name for p in meta.parent.iterdir() if p.name != 'checkpoint.pth']
+  assert len(leftovers) == 1 and leftovers[0].endswith('.tmp'), leftovers
+  assert (meta.parent / leftovers[0]).read_bytes().startswith(b'PK\x03\x04 partial')
 
   _run(tmp_path / 'killed', n_iters)
   log = (tmp_path / 'killed' / 'stdout.txt').read_text()
