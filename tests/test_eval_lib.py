@@ -1,0 +1,166 @@
+"""Tests of eval_lib: `--mode eval` on a checkpoint of a tiny digits model writes the loss,
+bits/dim and sample files, resumes without redoing finished work, and without Inception weights
+still runs loss and bits/dim before stopping with the file to place."""
+import json
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import datasets
+import eval_lib
+import evaluation
+import likelihood
+import run_lib
+import sampling
+import utils
+from configs import load_config
+from test_evaluation import save_stand_in
+
+
+def tiny_config(tmp_path, inception=True):
+  config = load_config('ve/digits_ncsnpp_continuous')
+  config.device = torch.device('cpu')
+  config.model.nf = 8
+  config.model.ch_mult = (1, 2)
+  config.model.num_scales = 4            # PC steps
+  ev = config.eval
+  ev.begin_ckpt = ev.end_ckpt = 1
+  ev.batch_size = 20                     # 20 test digits (see few_digits) = 1 batch (x 5 repeats)
+  ev.num_samples = 30                    # 2 sampling rounds, the second one half used
+  ev.enable_loss = ev.enable_bpd = ev.enable_sampling = True
+  ev.bpd_dataset = 'test'
+  ev.bpd_rtol = ev.bpd_atol = 1e-3       # the reference's 1e-5 is benchmarked, not tested
+  ev.ckpt_timeout_s = 0.
+  ev.stats_file = str(tmp_path / 'digits_stats.npz')
+  ev.inception_path = str(save_stand_in(tmp_path / 'standin.pt') if inception
+                          else tmp_path / 'absent' / evaluation.INCEPTION_FILE)
+  return config
+
+
+@pytest.fixture(autouse=True)
+def few_digits(monkeypatch):
+  """The first 200 train / 20 test digits, to keep the likelihood ODEs few on 2 CPU cores."""
+  get = datasets.DATASETS.get
+
+  def build(config, train, root, download):
+    full = get('DIGITS')(config, train, root, download)
+    n = 200 if train else 20
+    return datasets.InMemoryImages(full.images[:n], full.labels[:n])
+
+  monkeypatch.setattr(datasets.DATASETS, 'get', lambda name: build if name == 'DIGITS' else get(name))
+
+
+def write_checkpoint(config, workdir, ckpt=1):
+  torch.manual_seed(0)
+  state = run_lib.build_state(config)
+  with torch.no_grad():  # move the EMA away from the initial weights (init_scale=0 zeroes layers)
+    for p in state['ema'].shadow_params:
+      p.add_(1e-3 * torch.randn_like(p))
+  utils.save_checkpoint(eval_lib.checkpoint_path(workdir, ckpt), state)
+
+
+def _counting(monkeypatch, module, name):
+  calls = []
+  original = getattr(module, name)
+
+  def build(*args, **kwargs):
+    fn = original(*args, **kwargs)
+
+    def counted(*a, **k):
+      calls.append(1)
+      return fn(*a, **k)
+    return counted
+
+  monkeypatch.setattr(module, name, build)
+  return calls
+
+
+def _mtimes(folder):
+  return {os.path.relpath(os.path.join(d, f), folder): os.stat(os.path.join(d, f)).st_mtime_ns
+          for d, _, files in os.walk(folder) for f in files}
+
+
+def test_eval_writes_everything_and_resumes_only_missing_work(tmp_path, monkeypatch):
+  config = tiny_config(tmp_path)
+  workdir = tmp_path / 'run'
+  write_checkpoint(config, workdir)
+  stats_path = eval_lib.fid_stats(config, str(workdir))
+  stats = evaluation.load_stats(stats_path, mode='legacy_tensorflow')
+  assert stats['pool_3'].shape == (200, 16)  # every train digit, stand-in features
+
+  eval_lib.evaluate(config, str(workdir))
+  eval_dir = workdir / 'eval'
+  loss = np.load(eval_dir / 'ckpt_1_loss.npz')
+  assert loss['all_losses'].shape == (1,) and np.isfinite(loss['mean_loss'])
+  bpds = [np.load(eval_dir / f'test_ckpt_1_bpd_{k}.npz')['arr_0'] for k in range(5)]
+  assert all(b.shape == (20,) and np.all(np.isfinite(b)) for b in bpds)
+  assert not np.allclose(bpds[0], bpds[2])  # repeat 2: other dequantization noise and probes
+  for r in range(2):
+    samples = np.load(eval_dir / 'ckpt_1' / f'samples_{r}.npz')['samples']
+    assert samples.shape == (20, 16, 16, 1) and samples.dtype == np.uint8
+    latents = np.load(eval_dir / 'ckpt_1' / f'statistics_{r}.npz')
+    assert latents['pool_3'].shape == (20, 16) and latents['logits'].shape == (20, 12)
+  report = np.load(eval_dir / 'report_1.npz')
+  assert float(report['fid']) > 0 and 1 <= float(report['IS']) <= 12 and np.isfinite(report['kid'])
+  summary = json.loads((eval_dir / 'report.json').read_text())['1']
+  assert summary['loss'] == pytest.approx(float(loss['mean_loss']))
+  assert summary['bpd'] == pytest.approx(np.concatenate(bpds).mean())
+  # FID uses the first num_samples samples, rounds in order.
+  pool = np.concatenate([np.load(eval_dir / 'ckpt_1' / f'statistics_{r}.npz')['pool_3']
+                         for r in range(2)])[:30]
+  assert summary['fid'] == pytest.approx(evaluation.frechet_distance(
+    *evaluation.feature_statistics(pool), stats['mu'], stats['sigma']), rel=1e-9)
+
+  # Preemption: one sampling round and one bits/dim batch are lost; only they are redone.
+  before = _mtimes(eval_dir)
+  old_round = np.load(eval_dir / 'ckpt_1' / 'samples_1.npz')['samples']
+  for lost in ('ckpt_1/samples_1.npz', 'ckpt_1/statistics_1.npz', 'test_ckpt_1_bpd_3.npz'):
+    os.remove(eval_dir / lost)
+  sampler_calls = _counting(monkeypatch, sampling, 'get_sampling_fn')
+  likelihood_calls = _counting(monkeypatch, likelihood, 'get_likelihood_fn')
+  time.sleep(0.01)
+  eval_lib.evaluate(config, str(workdir))
+  assert len(sampler_calls) == 1 and len(likelihood_calls) == 1
+  after = _mtimes(eval_dir)
+  redone = {'ckpt_1/samples_1.npz', 'ckpt_1/statistics_1.npz', 'test_ckpt_1_bpd_3.npz',
+            'report_1.npz', 'report.json'}
+  assert set(after) == set(before)
+  assert {f for f in after if after[f] != before[f]} == redone
+  # Seeded by (seed, checkpoint, round / batch): the redone pieces are what the first run made.
+  np.testing.assert_array_equal(np.load(eval_dir / 'ckpt_1' / 'samples_1.npz')['samples'], old_round)
+  np.testing.assert_allclose(np.load(eval_dir / 'test_ckpt_1_bpd_3.npz')['arr_0'], bpds[3], rtol=1e-6)
+  new_summary = json.loads((eval_dir / 'report.json').read_text())['1']
+  assert new_summary['fid'] == pytest.approx(summary['fid'], rel=1e-9)
+
+
+def test_without_inception_weights_loss_runs_then_sampling_stops(tmp_path, monkeypatch):
+  config = tiny_config(tmp_path, inception=False)
+  config.eval.enable_bpd = False
+  workdir = tmp_path / 'run'
+  write_checkpoint(config, workdir)
+  with pytest.raises(FileNotFoundError) as err:
+    eval_lib.evaluate(config, str(workdir))
+  assert evaluation.INCEPTION_FILE in str(err.value) and evaluation.INCEPTION_URL in str(err.value)
+  assert (workdir / 'eval' / 'ckpt_1_loss.npz').exists()
+  assert not (workdir / 'eval' / 'ckpt_1').exists()
+  # Sampling alone: stops at once, before restoring or sampling anything.
+  config.eval.enable_loss = False
+  os.remove(workdir / 'eval' / 'ckpt_1_loss.npz')
+  monkeypatch.setattr(eval_lib, 'restore_ckpt', lambda *a, **k: pytest.fail('restored'))
+  with pytest.raises(FileNotFoundError, match=evaluation.INCEPTION_FILE):
+    eval_lib.evaluate(config, str(workdir))
+
+
+def test_waiting_for_checkpoints(tmp_path):
+  path = tmp_path / 'checkpoint_3.pth'
+  start = time.monotonic()
+  with pytest.raises(TimeoutError, match='checkpoint_3.pth'):
+    eval_lib.wait_for_checkpoint(str(path), timeout_s=0.3, poll_s=0.05)
+  assert 0.3 <= time.monotonic() - start < 2
+  threading.Timer(0.2, path.touch).start()
+  eval_lib.wait_for_checkpoint(str(path), timeout_s=10, poll_s=0.05)
+  assert path.exists()
