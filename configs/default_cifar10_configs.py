@@ -75,6 +75,15 @@ def get_default_configs():
   evaluate.enable_loss = True
   evaluate.enable_bpd = False                  # compute likelihoods (bits/dim)
   evaluate.bpd_dataset = 'test'                # split for the likelihoods: 'train' | 'test'
+  evaluate.bpd_rtol = 1e-5                     # ODE tolerances of the likelihood (the reference's)
+  evaluate.bpd_atol = 1e-5
+  evaluate.inception_path = config_dict.placeholder(str)  # clean-fid's inception-2015-12-05.pt
+  evaluate.inception_mode = 'legacy_tensorflow'  # resize as TF-GAN ('legacy_tensorflow') | 'clean'
+  evaluate.inception_batch_size = 100
+  evaluate.stats_file = config_dict.placeholder(str)  # dataset statistics; None: assets/stats/
+  evaluate.is_splits = 10                      # Inception Score splits (the paper's 10)
+  evaluate.ckpt_timeout_s = 3 * 24 * 3600.     # give up waiting for a checkpoint after this
+  evaluate.ckpt_poll_s = 60.                   # how often to look for it
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = 'CIFAR10'

@@ -32,7 +32,12 @@ NEW_KEYS = {'data.root': None, 'data.download': False, 'sampling.num_steps': 18,
             'classifier.ema_rate': 0.999, 'classifier.n_iters': None, 'classifier.log_freq': None,
             'classifier.eval_freq': None, 'classifier.snapshot_freq': None,
             'classifier.snapshot_freq_for_preemption': None,
-            'classifier.eval_times': [0., 0.25, 0.5]}
+            'classifier.eval_times': [0., 0.25, 0.5],
+            # evaluation (eval_lib.py, evaluation.py)
+            'eval.bpd_rtol': 1e-5, 'eval.bpd_atol': 1e-5, 'eval.inception_path': None,
+            'eval.inception_mode': 'legacy_tensorflow', 'eval.inception_batch_size': 100,
+            'eval.stats_file': None, 'eval.is_splits': 10, 'eval.ckpt_timeout_s': 259200.,
+            'eval.ckpt_poll_s': 60.}
 SDE_CLASSES = {'vesde': sde_lib.VESDE, 'vpsde': sde_lib.VPSDE, 'subvpsde': sde_lib.subVPSDE}
 # Full-size models are built on the meta device (shapes only, no memory, no init cost).
 META = torch.device('meta')

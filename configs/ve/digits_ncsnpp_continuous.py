@@ -30,6 +30,7 @@ def get_config():
   evaluate.end_ckpt = 2
   evaluate.batch_size = 100                    # the 300 test digits in 3 batches
   evaluate.num_samples = 1000
+  evaluate.enable_bpd = True                   # offline: loss and bits/dim need no download
 
   data = config.data
   data.dataset = 'DIGITS'
