@@ -40,7 +40,7 @@ from utils import restore_checkpoint, save_checkpoint
 RESUMABLE_CHANGES = ('training.n_iters', 'training.log_freq', 'training.eval_freq',
                      'training.snapshot_freq', 'training.snapshot_freq_for_preemption',
                      'training.snapshot_sampling', 'eval.', 'sampling.', 'device', 'data.root',
-                     'data.download', 'data.num_workers')
+                     'data.download', 'data.num_workers', 'classifier.')
 
 
 def evaluate(config, workdir, eval_folder='eval'):

@@ -36,7 +36,7 @@ def load_model(full, device):
     fixture = torch.load(ROOT / 'tests/fixtures/parity/ve__cifar10_ncsnpp_continuous.pt',
                          weights_only=False)
     config = ml_collections.ConfigDict(fixture['config'])
-  config.device = device
+  config.device = torch.device(device)
   torch.manual_seed(0)
   model = mutils.create_model(config)
   if fixture is not None:
