@@ -124,13 +124,50 @@ def _standard_normal_logp(z, var=1.):
   return -n / 2. * np.log(2 * np.pi * var) - _sum_except_batch(z ** 2) / (2 * var)
 
 
-class VPSDE(SDE):
-  """Variance-preserving SDE (DDPM's continuous limit): beta(t) = beta_0 + t (beta_1 - beta_0)."""
+class _LinearBetaSDE(SDE):
+  """What VP and sub-VP share: beta(t) = beta_0 + t (beta_1 - beta_0) on [0, 1], the mean
+  coefficient s(t) = exp(-int_0^t beta / 2), a standard normal prior, and 999 t as the label of
+  continuously trained networks."""
 
   def __init__(self, beta_min=0.1, beta_max=20, N=1000):
     super().__init__(N)
     self.beta_0 = beta_min
     self.beta_1 = beta_max
+
+  @property
+  def T(self):
+    return 1
+
+  def _beta(self, t):
+    return self.beta_0 + t * (self.beta_1 - self.beta_0)
+
+  def _log_mean_coeff(self, t):
+    return -0.25 * t ** 2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
+
+  def _time_from_neg_log_mean(self, L):
+    """Solve -log s(t) = 0.25 t^2 (b1 - b0) + 0.5 t b0 = L for t >= 0."""
+    d = self.beta_1 - self.beta_0
+    if d == 0:
+      return 2 * L / self.beta_0
+    return (torch.sqrt(self.beta_0 ** 2 + 4 * d * L) - self.beta_0) / d
+
+  def prior_sampling(self, shape, generator=None, device=None):
+    return torch.randn(*shape, generator=generator, device=device)
+
+  def prior_logp(self, z):
+    return _standard_normal_logp(z)
+
+  def _continuous_score(self, output, t):
+    # The network predicts the noise eps; score = -eps / std.
+    std = self.marginal_prob(torch.zeros_like(output), t)[1]
+    return -output / _bcast(std, output)
+
+
+class VPSDE(_LinearBetaSDE):
+  """Variance-preserving SDE (DDPM's continuous limit): dx = -beta(t) x / 2 dt + sqrt(beta(t)) dw."""
+
+  def __init__(self, beta_min=0.1, beta_max=20, N=1000):
+    super().__init__(beta_min, beta_max, N)
     # DDPM's discrete chain (Ho et al. 2020), used by discretize and discrete-time models.
     self.discrete_betas = torch.linspace(beta_min / N, beta_max / N, N)
     self.alphas = 1. - self.discrete_betas
@@ -138,15 +175,8 @@ class VPSDE(SDE):
     self.sqrt_alphas_cumprod = torch.sqrt(self.alphas_cumprod)
     self.sqrt_1m_alphas_cumprod = torch.sqrt(1. - self.alphas_cumprod)
 
-  @property
-  def T(self):
-    return 1
-
-  def _log_mean_coeff(self, t):
-    return -0.25 * t ** 2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
-
   def sde(self, x, t):
-    beta_t = self.beta_0 + t * (self.beta_1 - self.beta_0)
+    beta_t = self._beta(t)
     return -0.5 * _bcast(beta_t, x) * x, torch.sqrt(beta_t)
 
   def marginal_prob(self, x, t):
@@ -155,12 +185,6 @@ class VPSDE(SDE):
     # Kept as sqrt(1 - exp(.)) rather than expm1 so scores match the official checkpoints'.
     std = torch.sqrt(1. - torch.exp(2. * log_mean_coeff))
     return mean, std
-
-  def prior_sampling(self, shape, generator=None, device=None):
-    return torch.randn(*shape, generator=generator, device=device)
-
-  def prior_logp(self, z):
-    return _standard_normal_logp(z)
 
   def discretize(self, x, t):
     """DDPM's ancestral chain: x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z."""
@@ -175,11 +199,9 @@ class VPSDE(SDE):
     return t * 999 if continuous else t * (self.N - 1)
 
   def output_to_score(self, output, t, labels, continuous):
-    # The network predicts the noise eps; score = -eps / std.
     if continuous:
-      std = self.marginal_prob(torch.zeros_like(output), t)[1]
-    else:
-      std = self.sqrt_1m_alphas_cumprod.to(labels.device)[labels.long()]
+      return self._continuous_score(output, t)
+    std = self.sqrt_1m_alphas_cumprod.to(labels.device)[labels.long()]
     return -output / _bcast(std, output)
 
   def scale_and_sigma(self, t):
@@ -187,33 +209,15 @@ class VPSDE(SDE):
     return torch.exp(log_mean_coeff), torch.sqrt(torch.expm1(-2. * log_mean_coeff))
 
   def sigma_inverse(self, sigma):
-    # Solve 0.25 t^2 (b1 - b0) + 0.5 t b0 = L with L = -log s(t) = 0.5 log(1 + sigma^2).
+    # sigma^2 = 1 / s^2 - 1, so -log s = log(1 + sigma^2) / 2.
     return self._time_from_neg_log_mean(0.5 * torch.log1p(sigma ** 2))
 
-  def _time_from_neg_log_mean(self, L):
-    d = self.beta_1 - self.beta_0
-    if d == 0:
-      return 2 * L / self.beta_0
-    return (torch.sqrt(self.beta_0 ** 2 + 4 * d * L) - self.beta_0) / d
 
-
-class subVPSDE(SDE):
+class subVPSDE(_LinearBetaSDE):
   """Sub-VP SDE (paper, Eq. 11): the VP drift with a diffusion discounted by 1 - exp(-2 int beta)."""
 
-  def __init__(self, beta_min=0.1, beta_max=20, N=1000):
-    super().__init__(N)
-    self.beta_0 = beta_min
-    self.beta_1 = beta_max
-
-  @property
-  def T(self):
-    return 1
-
-  def _log_mean_coeff(self, t):
-    return -0.25 * t ** 2 * (self.beta_1 - self.beta_0) - 0.5 * t * self.beta_0
-
   def sde(self, x, t):
-    beta_t = self.beta_0 + t * (self.beta_1 - self.beta_0)
+    beta_t = self._beta(t)
     discount = 1. - torch.exp(-2 * self.beta_0 * t - (self.beta_1 - self.beta_0) * t ** 2)
     return -0.5 * _bcast(beta_t, x) * x, torch.sqrt(beta_t * discount)
 
@@ -223,18 +227,11 @@ class subVPSDE(SDE):
     std = 1 - torch.exp(2. * log_mean_coeff)  # the variance of sub-VP is std**2: no sqrt here
     return mean, std
 
-  def prior_sampling(self, shape, generator=None, device=None):
-    return torch.randn(*shape, generator=generator, device=device)
-
-  def prior_logp(self, z):
-    return _standard_normal_logp(z)
-
   def noise_label(self, t, continuous):
     return t * 999  # sub-VP models are always continuous (as in score_sde_pytorch)
 
   def output_to_score(self, output, t, labels, continuous):
-    std = self.marginal_prob(torch.zeros_like(output), t)[1]
-    return -output / _bcast(std, output)
+    return self._continuous_score(output, t)
 
   def scale_and_sigma(self, t):
     # std / s = 1 / s - s = 2 sinh(-log s)
@@ -242,7 +239,7 @@ class subVPSDE(SDE):
     return torch.exp(log_mean_coeff), 2 * torch.sinh(-log_mean_coeff)
 
   def sigma_inverse(self, sigma):
-    return VPSDE._time_from_neg_log_mean(self, torch.asinh(sigma / 2))
+    return self._time_from_neg_log_mean(torch.asinh(sigma / 2))
 
 
 class VESDE(SDE):

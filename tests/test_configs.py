@@ -43,16 +43,6 @@ SDE_CLASSES = {'vesde': sde_lib.VESDE, 'vpsde': sde_lib.VPSDE, 'subvpsde': sde_l
 META = torch.device('meta')
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-  """Tiny networks and meta tensors: a second thread only adds hand-off latency (5-20x on a
-  busy machine)."""
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(threads)
-
-
 def _json(name):
   return json.loads((STATE_DICTS / (name.replace('/', '__') + '.json')).read_text())
 

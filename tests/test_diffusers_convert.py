@@ -43,15 +43,6 @@ def get_config():
 '''
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-  """These networks are tiny: one thread avoids OpenMP hand-offs that cost ~30x on a busy CPU."""
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(threads)
-
-
 def _diffusers():
   return pytest.importorskip('diffusers', reason='diffusers is a test dependency '
                              '(requirements-dev.txt); these tests compare against it')

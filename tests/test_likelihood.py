@@ -20,15 +20,6 @@ from gaussian_score import ExactScoreModel, marginal_std_ratio_flow
 from test_sampling import GAUSSIAN, SDES, _mixture, tiny_ncsnpp
 
 identity = lambda x: x
-
-
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-  """These tensors are tiny: extra intra-op threads only cost (badly, on a loaded machine)."""
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(threads)
 EPS = 1e-5
 DIM = 16
 

@@ -14,15 +14,6 @@ from models.utils import create_model
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-  """These networks are tiny: one thread avoids OpenMP hand-offs that cost ~30x on a busy CPU."""
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(threads)
-
-
 MU, S0 = 0.5, 0.1  # Gaussian data N(MU, S0^2 I): its score at noise sigma is known exactly
 
 

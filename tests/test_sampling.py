@@ -27,15 +27,6 @@ SDES = {'ve': (sde_lib.VESDE, 1e-5), 'vp': (sde_lib.VPSDE, 1e-3), 'subvp': (sde_
 identity = lambda x: x
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-  """These tensors are tiny: extra intra-op threads only cost (badly, on a loaded machine)."""
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(threads)
-
-
 def _gaussian():
   g = torch.Generator().manual_seed(0)
   mean = torch.rand(EVENT, generator=g) - 0.5

@@ -97,18 +97,8 @@ def _sdes():
           'subVPSDE': sde_lib.subVPSDE(0.1, 20., 1000)}
 
 
-@pytest.fixture
-def one_thread():
-  """Thousands of small elementwise ops: a second thread only adds hand-off latency (20x on a
-  busy machine)."""
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize('name', SDE_NAMES)
-def test_marginal_prob_matches_euler_maruyama_simulation(name, one_thread):
+def test_marginal_prob_matches_euler_maruyama_simulation(name):
   """Simulate dx = f dt + g dw from x(0) = 1.5 with 2000 Euler-Maruyama steps on 20k 1-D
   paths (float64); mean and std at t = 0.3 and 1 must agree with `marginal_prob` within
   4 Monte Carlo standard errors (plus 0.5% for the scheme's O(dt) bias)."""
@@ -148,7 +138,7 @@ def _chain_moments(sde, times):
 
 
 @pytest.mark.parametrize('name', ['VPSDE', 'subVPSDE'])
-def test_discretize_converges_to_marginal_as_N_grows(name, one_thread):
+def test_discretize_converges_to_marginal_as_N_grows(name):
   """Run the N-step chain of `discretize` up to t = 0.5: the chain's mean coefficient and
   variance approach `marginal_prob`'s at rate O(1/N) (DDPM's chain for VP, Euler-Maruyama for
   sub-VP)."""
