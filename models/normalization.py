@@ -74,35 +74,40 @@ class _Embedded(nn.Module):
     return self.embed(y).split(self.num_features, dim=1)
 
 
-class ConditionalBatchNorm2d(_Embedded):
+class _ScaleShift(_Embedded):
+  """normalize(x) times a per-class scale gamma_y (and plus a shift beta_y if `bias`)."""
+
+  def __init__(self, num_features, num_classes, bias=True):
+    super().__init__(num_features, num_classes, 2 if bias else 1, bias)
+    with torch.no_grad():
+      self.embed.weight[:, :num_features].uniform_()  # reference init: scale ~ U(0, 1)
+      self.embed.weight[:, num_features:].zero_()
+
+  def normalize(self, x):
+    raise NotImplementedError
+
+  def forward(self, x, y):
+    params = self._params(y)
+    out = self.normalize(x) * params[0][..., None, None]
+    return out + params[1][..., None, None] if self.bias else out
+
+
+class ConditionalBatchNorm2d(_ScaleShift):
   """BatchNorm (no affine) followed by a per-class scale gamma_y (and shift beta_y)."""
 
   def __init__(self, num_features, num_classes, bias=True):
-    super().__init__(num_features, num_classes, 2 if bias else 1, bias)
+    super().__init__(num_features, num_classes, bias)
     self.bn = nn.BatchNorm2d(num_features, affine=False)
-    with torch.no_grad():
-      self.embed.weight[:, :num_features].uniform_()  # reference init: scale ~ U(0, 1)
-      self.embed.weight[:, num_features:].zero_()
 
-  def forward(self, x, y):
-    params = self._params(y)
-    out = self.bn(x) * params[0][..., None, None]
-    return out + params[1][..., None, None] if self.bias else out
+  def normalize(self, x):
+    return self.bn(x)
 
 
-class ConditionalInstanceNorm2d(_Embedded):
+class ConditionalInstanceNorm2d(_ScaleShift):
   """InstanceNorm (no affine) followed by a per-class scale gamma_y (and shift beta_y)."""
 
-  def __init__(self, num_features, num_classes, bias=True):
-    super().__init__(num_features, num_classes, 2 if bias else 1, bias)
-    with torch.no_grad():
-      self.embed.weight[:, :num_features].uniform_()  # reference init: scale ~ U(0, 1)
-      self.embed.weight[:, num_features:].zero_()
-
-  def forward(self, x, y):
-    params = self._params(y)
-    out = F.instance_norm(x, eps=EPS) * params[0][..., None, None]
-    return out + params[1][..., None, None] if self.bias else out
+  def normalize(self, x):
+    return F.instance_norm(x, eps=EPS)
 
 
 class ConditionalVarianceNorm2d(_Embedded):
@@ -132,19 +137,11 @@ class VarianceNorm2d(nn.Module):
     return x * torch.rsqrt(var + EPS) * self.alpha[:, None, None]
 
 
-class ConditionalNoneNorm2d(_Embedded):
+class ConditionalNoneNorm2d(_ScaleShift):
   """No normalization, only the per-class scale gamma_y (and shift beta_y)."""
 
-  def __init__(self, num_features, num_classes, bias=True):
-    super().__init__(num_features, num_classes, 2 if bias else 1, bias)
-    with torch.no_grad():
-      self.embed.weight[:, :num_features].uniform_()  # reference init: scale ~ U(0, 1)
-      self.embed.weight[:, num_features:].zero_()
-
-  def forward(self, x, y):
-    params = self._params(y)
-    out = x * params[0][..., None, None]
-    return out + params[1][..., None, None] if self.bias else out
+  def normalize(self, x):
+    return x
 
 
 class NoneNorm2d(nn.Module):
