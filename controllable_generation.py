@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import sampling
+import sde_lib
 from models import utils as mutils
 
 
@@ -50,10 +51,6 @@ def _pc_steps(sde, score_fn, predictor_cls, corrector_cls, snr, n_steps, probabi
           corrector_cls(sde, score_fn, snr, n_steps, **extra))
 
 
-def _bcast(v, x):
-  return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
-
-
 def _impute(sde, predictor_obj, corrector_obj, known, mask, encode, decode, eps, denoise,
             generator):
   """PC sampling with the masked part of `encode(x)` held to the forward marginal of `known`.
@@ -77,7 +74,7 @@ def _impute(sde, predictor_obj, corrector_obj, known, mask, encode, decode, eps,
       x, x_mean = step.update_fn(x, vec_t)
       known_mean, std = sde.marginal_prob(known, vec_t)
       noise = torch.randn(known.shape, generator=generator, device=device, dtype=known.dtype)
-      known_t = known_mean + _bcast(std, known) * noise
+      known_t = known_mean + sde_lib.bcast(std, known) * noise
       x = decode(encode(x) * unknown + known_t * mask)
       x_mean = decode(encode(x_mean) * unknown + known_mean * mask)
   out = x_mean if denoise else x

@@ -264,7 +264,7 @@ def _sampler_from(sample_fn, sde, shape, inverse_scaler, continuous, device, **k
 def get_heun_sampler(sde, shape, inverse_scaler, num_steps=18, eps=1e-3, continuous=True,
                      device=None, **kwargs):
   """`sampler(model, z=None) -> (samples, nfe)` running `heun_sample` (kwargs go to it)."""
-  device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+  device = device or mutils.default_device()
   return _sampler_from(heun_sample, sde, shape, inverse_scaler, continuous, device,
                        num_steps=num_steps, eps=eps, **kwargs)
 
@@ -272,7 +272,7 @@ def get_heun_sampler(sde, shape, inverse_scaler, num_steps=18, eps=1e-3, continu
 def get_dpm_solver_sampler(sde, shape, inverse_scaler, num_steps=20, order=3, eps=1e-3,
                            continuous=True, device=None, **kwargs):
   """`sampler(model, z=None) -> (samples, nfe)` running `dpm_solver_sample` (kwargs go to it)."""
-  device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
+  device = device or mutils.default_device()
   return _sampler_from(dpm_solver_sample, sde, shape, inverse_scaler, continuous, device,
                        num_steps=num_steps, order=order, eps=eps, **kwargs)
 

@@ -26,7 +26,9 @@ import fast_sampling
 import ode_solvers
 import sde_lib
 from models import utils as mutils
+from models.utils import default_device
 from registry import Registry
+from sde_lib import bcast
 
 PREDICTORS = Registry('predictor')
 CORRECTORS = Registry('corrector')
@@ -44,15 +46,6 @@ def get_predictor(name):
 def get_corrector(name):
   """The Corrector class registered as `name` ('langevin', 'ald', 'none')."""
   return CORRECTORS.get(name)
-
-
-def default_device():
-  return 'cuda' if torch.cuda.is_available() else 'cpu'
-
-
-def _bcast(v, x):
-  """(B,) -> (B, 1, ..., 1) to broadcast against x."""
-  return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
 
 
 def _timestep(sde, t):
@@ -132,7 +125,7 @@ class EulerMaruyamaPredictor(Predictor):
     x_mean = x + drift * dt
     if self.probability_flow:  # the ODE has no noise term
       return x_mean, x_mean
-    x = x_mean + _bcast(diffusion, x) * (-dt) ** 0.5 * self.noise_like(x)
+    x = x_mean + bcast(diffusion, x) * (-dt) ** 0.5 * self.noise_like(x)
     return x, x_mean
 
 
@@ -144,7 +137,7 @@ class ReverseDiffusionPredictor(Predictor):
     f, G = self.rsde.discretize(x, t)
     z = self.noise_like(x)
     x_mean = x - f
-    return x_mean + _bcast(G, x) * z, x_mean
+    return x_mean + bcast(G, x) * z, x_mean
 
 
 def _ve_ancestral_step(predictor, x, t):
@@ -153,16 +146,16 @@ def _ve_ancestral_step(predictor, x, t):
   sigmas = predictor.schedule('discrete_sigmas', t.device)
   sigma = sigmas[timestep]
   adjacent_sigma = torch.where(timestep == 0, torch.zeros_like(t), sigmas[(timestep - 1).clamp(min=0)])
-  x_mean = x + predictor.score_fn(x, t) * _bcast(sigma ** 2 - adjacent_sigma ** 2, x)
+  x_mean = x + predictor.score_fn(x, t) * bcast(sigma ** 2 - adjacent_sigma ** 2, x)
   std = torch.sqrt(adjacent_sigma ** 2 * (sigma ** 2 - adjacent_sigma ** 2) / sigma ** 2)
-  return x_mean + _bcast(std, x) * predictor.noise_like(x), x_mean
+  return x_mean + bcast(std, x) * predictor.noise_like(x), x_mean
 
 
 def _vp_ancestral_step(predictor, x, t):
   """DDPM ancestral step (Eq. 47): (x + beta_i score) / sqrt(1 - beta_i) + sqrt(beta_i) z."""
   beta = predictor.schedule('discrete_betas', t.device)[_timestep(predictor.sde, t)]
-  x_mean = (x + _bcast(beta, x) * predictor.score_fn(x, t)) / _bcast(torch.sqrt(1. - beta), x)
-  return x_mean + _bcast(torch.sqrt(beta), x) * predictor.noise_like(x), x_mean
+  x_mean = (x + bcast(beta, x) * predictor.score_fn(x, t)) / bcast(torch.sqrt(1. - beta), x)
+  return x_mean + bcast(torch.sqrt(beta), x) * predictor.noise_like(x), x_mean
 
 
 # The one place where sampler update rules depend on the SDE's type (they use its discrete chain).
@@ -238,8 +231,8 @@ class LangevinCorrector(_LangevinBase):
       grad_norm = torch.linalg.vector_norm(grad.reshape(grad.shape[0], -1), dim=-1).mean()
       noise_norm = torch.linalg.vector_norm(noise.reshape(noise.shape[0], -1), dim=-1).mean()
       step_size = (self.snr * noise_norm / grad_norm) ** 2 * 2 * alpha
-      x_mean = x + _bcast(step_size, x) * grad
-      x = x_mean + _bcast(torch.sqrt(step_size * 2), x) * noise
+      x_mean = x + bcast(step_size, x) * grad
+      x = x_mean + bcast(torch.sqrt(step_size * 2), x) * noise
     return x, x_mean
 
 
@@ -254,8 +247,8 @@ class AnnealedLangevinDynamics(_LangevinBase):
     for _ in range(self.n_steps):
       grad = self.score_fn(x, t)
       noise = self.noise_like(x)
-      x_mean = x + _bcast(step_size, x) * grad
-      x = x_mean + _bcast(torch.sqrt(step_size * 2), x) * noise
+      x_mean = x + bcast(step_size, x) * grad
+      x = x_mean + bcast(torch.sqrt(step_size * 2), x) * noise
     return x, x_mean
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 
-def _bcast(v, x):
+def bcast(v, x):
   """Reshape a per-example vector (B,) so it broadcasts against x (B, ...)."""
   return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
 
@@ -108,13 +108,13 @@ class ReverseSDE:
     """Drift f - g^2 s (SDE) or f - g^2 s / 2 (ODE); the ODE's diffusion is 0."""
     drift, diffusion = self.forward_sde.sde(x, t)
     score = self.score_fn(x, t)
-    drift = drift - _bcast(diffusion, x) ** 2 * score * (0.5 if self.probability_flow else 1.)
+    drift = drift - bcast(diffusion, x) ** 2 * score * (0.5 if self.probability_flow else 1.)
     return drift, (0. if self.probability_flow else diffusion)
 
   def discretize(self, x, t):
     """Reverse of the forward discretisation (the reverse-diffusion sampler's update)."""
     f, G = self.forward_sde.discretize(x, t)
-    rev_f = f - _bcast(G, x) ** 2 * self.score_fn(x, t) * (0.5 if self.probability_flow else 1.)
+    rev_f = f - bcast(G, x) ** 2 * self.score_fn(x, t) * (0.5 if self.probability_flow else 1.)
     rev_G = torch.zeros_like(G) if self.probability_flow else G
     return rev_f, rev_G
 
@@ -160,7 +160,7 @@ class _LinearBetaSDE(SDE):
   def _continuous_score(self, output, t):
     # The network predicts the noise eps; score = -eps / std.
     std = self.marginal_prob(torch.zeros_like(output), t)[1]
-    return -output / _bcast(std, output)
+    return -output / bcast(std, output)
 
 
 class VPSDE(_LinearBetaSDE):
@@ -177,11 +177,11 @@ class VPSDE(_LinearBetaSDE):
 
   def sde(self, x, t):
     beta_t = self._beta(t)
-    return -0.5 * _bcast(beta_t, x) * x, torch.sqrt(beta_t)
+    return -0.5 * bcast(beta_t, x) * x, torch.sqrt(beta_t)
 
   def marginal_prob(self, x, t):
     log_mean_coeff = self._log_mean_coeff(t)
-    mean = _bcast(torch.exp(log_mean_coeff), x) * x
+    mean = bcast(torch.exp(log_mean_coeff), x) * x
     # Kept as sqrt(1 - exp(.)) rather than expm1 so scores match the official checkpoints'.
     std = torch.sqrt(1. - torch.exp(2. * log_mean_coeff))
     return mean, std
@@ -191,7 +191,7 @@ class VPSDE(_LinearBetaSDE):
     timestep = (t * (self.N - 1) / self.T).long()
     beta = self.discrete_betas.to(x.device)[timestep]
     alpha = self.alphas.to(x.device)[timestep]
-    f = _bcast(torch.sqrt(alpha), x) * x - x
+    f = bcast(torch.sqrt(alpha), x) * x - x
     return f, torch.sqrt(beta)
 
   def noise_label(self, t, continuous):
@@ -202,7 +202,7 @@ class VPSDE(_LinearBetaSDE):
     if continuous:
       return self._continuous_score(output, t)
     std = self.sqrt_1m_alphas_cumprod.to(labels.device)[labels.long()]
-    return -output / _bcast(std, output)
+    return -output / bcast(std, output)
 
   def scale_and_sigma(self, t):
     log_mean_coeff = self._log_mean_coeff(t)
@@ -219,11 +219,11 @@ class subVPSDE(_LinearBetaSDE):
   def sde(self, x, t):
     beta_t = self._beta(t)
     discount = 1. - torch.exp(-2 * self.beta_0 * t - (self.beta_1 - self.beta_0) * t ** 2)
-    return -0.5 * _bcast(beta_t, x) * x, torch.sqrt(beta_t * discount)
+    return -0.5 * bcast(beta_t, x) * x, torch.sqrt(beta_t * discount)
 
   def marginal_prob(self, x, t):
     log_mean_coeff = self._log_mean_coeff(t)
-    mean = _bcast(torch.exp(log_mean_coeff), x) * x
+    mean = bcast(torch.exp(log_mean_coeff), x) * x
     std = 1 - torch.exp(2. * log_mean_coeff)  # the variance of sub-VP is std**2: no sqrt here
     return mean, std
 

@@ -47,6 +47,11 @@ def create_model(config):
   return model.to(config.device)
 
 
+def default_device():
+  """'cuda' when a GPU is visible, else 'cpu': where samplers run unless told otherwise."""
+  return 'cuda' if torch.cuda.is_available() else 'cpu'
+
+
 def unwrap(model):
   """The module inside DataParallel / DistributedDataParallel, or `model` itself."""
   return model.module if hasattr(model, 'module') else model

@@ -28,10 +28,6 @@ from torch import nn
 import sde_lib
 
 
-def _bcast(v, x):
-  return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
-
-
 class GaussianMixture(nn.Module):
   """sum_k w_k N(mu_k, diag s_k^2) over events of shape `means.shape[1:]` (a Module for .to())."""
 
@@ -67,7 +63,7 @@ class GaussianMixture(nn.Module):
 
   def moments(self, alpha=1., sigma=0.):
     """Mean and variance (event_shape each) of the perturbed mixture; scalars alpha, sigma."""
-    w = _bcast(self.weights, self.means)
+    w = sde_lib.bcast(self.weights, self.means)
     mean = (w * alpha * self.means).sum(0)
     second = (w * (alpha ** 2 * (self.stds ** 2 + self.means ** 2) + sigma ** 2)).sum(0)
     return mean, second - mean ** 2
@@ -93,7 +89,7 @@ class GaussianMixture(nn.Module):
     dims = tuple(range(2, mean.ndim))
     comp = -0.5 * (((x[:, None] - mean) ** 2 / var) + torch.log(var)).sum(dims)
     resp = torch.softmax(comp + torch.log(self.weights), dim=1)  # posterior over components
-    return (_bcast(resp, mean) * (mean - x[:, None]) / var).sum(1)
+    return (sde_lib.bcast(resp, mean) * (mean - x[:, None]) / var).sum(1)
 
 
 # labels -> (alpha, sigma, t): how each SDE's get_score_fn labels map back to its perturbation.
