@@ -273,9 +273,10 @@ class VESDE(SDE):
   def discretize(self, x, t):
     """SMLD's chain: x_{i+1} = x_i + sqrt(sigma_{i+1}^2 - sigma_i^2) z."""
     timestep = (t * (self.N - 1) / self.T).long()
-    sigma = self.discrete_sigmas.to(t.device)[timestep]
+    sigmas = self.discrete_sigmas.to(t.device)
+    sigma = sigmas[timestep]
     adjacent_sigma = torch.where(timestep == 0, torch.zeros_like(t),
-                                 self.discrete_sigmas.to(t.device)[(timestep - 1).clamp(min=0)])
+                                 sigmas[(timestep - 1).clamp(min=0)])
     return torch.zeros_like(x), torch.sqrt(sigma ** 2 - adjacent_sigma ** 2)
 
   def noise_label(self, t, continuous):
