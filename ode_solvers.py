@@ -75,6 +75,16 @@ def _solve_scipy(fn, y0, t0, t1, method, rtol, atol):
 
 # --- Fixed-step explicit Runge-Kutta methods. ---
 
+def _axpy(y, h, coeffs, ks):
+  """y + h sum_j coeffs_j ks_j, one fused op per nonzero term (the solvers' arithmetic is what
+  the ODE samplers spend outside the network, so it is kept to as few ops as possible)."""
+  out = None
+  for c, k in zip(coeffs, ks):
+    if c != 0.:
+      out = torch.add(y, k, alpha=h * c) if out is None else out.add_(k, alpha=h * c)
+  return y.clone() if out is None else out
+
+
 def _fixed_step(step):
   """Turn a one-step rule step(fn, t, y, h) -> (y_next, nfe) into a uniform-step solver."""
 
@@ -96,7 +106,7 @@ def _fixed_step(step):
 @_fixed_step
 def _euler_step(fn, t, y, h):
   """Euler: y + h f(t, y)."""
-  return y + h * fn(t, y), 1
+  return _axpy(y, h, (1.,), (fn(t, y),)), 1
 
 
 @FIXED_STEP_SOLVERS.register(name='midpoint')
@@ -104,7 +114,7 @@ def _euler_step(fn, t, y, h):
 def _midpoint_step(fn, t, y, h):
   """Explicit midpoint: y + h f(t + h/2, y + h/2 f(t, y))."""
   k1 = fn(t, y)
-  return y + h * fn(t + h / 2, y + h / 2 * k1), 2
+  return _axpy(y, h, (1.,), (fn(t + h / 2, _axpy(y, h / 2, (1.,), (k1,))),)), 2
 
 
 @FIXED_STEP_SOLVERS.register(name='heun')
@@ -112,8 +122,8 @@ def _midpoint_step(fn, t, y, h):
 def _heun_step(fn, t, y, h):
   """Heun's second-order method (explicit trapezoid)."""
   k1 = fn(t, y)
-  k2 = fn(t + h, y + h * k1)
-  return y + h / 2 * (k1 + k2), 2
+  k2 = fn(t + h, _axpy(y, h, (1.,), (k1,)))
+  return _axpy(y, h, (0.5, 0.5), (k1, k2)), 2
 
 
 @FIXED_STEP_SOLVERS.register(name='rk4')
@@ -121,10 +131,10 @@ def _heun_step(fn, t, y, h):
 def _rk4_step(fn, t, y, h):
   """Classical fourth-order Runge-Kutta."""
   k1 = fn(t, y)
-  k2 = fn(t + h / 2, y + h / 2 * k1)
-  k3 = fn(t + h / 2, y + h / 2 * k2)
-  k4 = fn(t + h, y + h * k3)
-  return y + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4), 4
+  k2 = fn(t + h / 2, _axpy(y, h / 2, (1.,), (k1,)))
+  k3 = fn(t + h / 2, _axpy(y, h / 2, (1.,), (k2,)))
+  k4 = fn(t + h, _axpy(y, h, (1.,), (k3,)))
+  return _axpy(y, h, (1 / 6, 1 / 3, 1 / 3, 1 / 6), (k1, k2, k3, k4)), 4
 
 
 # --- Adaptive Dormand-Prince 5(4), following scipy's RK45 step by step. ---
@@ -155,23 +165,13 @@ def _initial_step(fn, t0, y0, f0, direction, rtol, atol, span):
   d0, d1 = _rms(y0 / scale).item(), _rms(f0 / scale).item()
   h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
   h0 = min(h0, span)
-  f1 = fn(t0 + direction * h0, y0 + direction * h0 * f0)
+  f1 = fn(t0 + direction * h0, torch.add(y0, f0, alpha=direction * h0))
   d2 = _rms((f1 - f0) / scale).item() / h0
   if d1 <= 1e-15 and d2 <= 1e-15:
     h1 = max(1e-6, h0 * 1e-3)
   else:
     h1 = (0.01 / max(d1, d2)) ** (1 / 5)
   return min(100 * h0, h1, span)
-
-
-def _axpy(y, h, coeffs, ks):
-  """y + h sum_j coeffs_j ks_j, one fused in-place add per nonzero term (the solver's own cost
-  per step is what it spends outside the network)."""
-  out = y.clone()
-  for c, k in zip(coeffs, ks):
-    if c != 0.:
-      out.add_(k, alpha=h * c)
-  return out
 
 
 @ADAPTIVE_SOLVERS.register(name='dopri5')
@@ -186,6 +186,7 @@ def _dopri5(fn, y0, t0, t1, rtol, atol, max_steps):
     return y, nfe
   h_abs = _initial_step(fn, t0, y0, f, direction, rtol, atol, span)
   nfe += 1
+  y_abs = y.abs()
   for _ in range(max_steps):
     if direction * (t1 - t) <= 0:
       return y, nfe
@@ -201,9 +202,12 @@ def _dopri5(fn, y0, t0, t1, rtol, atol, max_steps):
       f_new = fn(t_new, y_new)
       nfe += 6
       k.append(f_new)
-      error = _axpy(torch.zeros_like(y), h, _DOPRI_E, k)
-      scale = atol + torch.maximum(y.abs(), y_new.abs()) * rtol
-      error_norm = _rms(error / scale).item()  # the one host sync of a step
+      # RMS of the error h sum_j e_j k_j in units of atol + rtol max(|y|, |y_new|).
+      y_new_abs = y_new.abs()
+      scale = torch.maximum(y_abs, y_new_abs).mul_(rtol).add_(atol)
+      error = torch.mul(k[0].to(y.dtype), h * _DOPRI_E[0])
+      error = _axpy(error, h, _DOPRI_E[1:], k[1:]).div_(scale)
+      error_norm = torch.linalg.vector_norm(error).item() / math.sqrt(error.numel())  # one sync
       if not math.isfinite(error_norm):
         raise RuntimeError(f'dopri5: non-finite error estimate at t={t:.6g} (the ODE right-hand '
                            'side returned inf/nan).')
@@ -218,5 +222,5 @@ def _dopri5(fn, y0, t0, t1, rtol, atol, max_steps):
       rejected = True
       if h_abs < 10 * np.spacing(max(abs(t), 1.)):
         raise RuntimeError(f'dopri5: step size underflow at t={t:.6g}; loosen rtol/atol.')
-    t, y, f = t_new, y_new, f_new
+    t, y, f, y_abs = t_new, y_new, f_new, y_new_abs
   raise RuntimeError(f'dopri5: more than max_steps={max_steps} steps between t={t0} and t={t1}.')
