@@ -159,10 +159,18 @@ class _LinearBetaSDE(SDE):
   def prior_logp(self, z):
     return _standard_normal_logp(z)
 
+  def marginal_prob(self, x, t):
+    log_mean_coeff = self._log_mean_coeff(t)
+    return bcast(torch.exp(log_mean_coeff), x) * x, self._std(log_mean_coeff)
+
+  def _std(self, log_mean_coeff):
+    """The perturbation kernel's std (B,) as a function of log s(t)."""
+    raise NotImplementedError
+
   def _continuous_score(self, output, t):
-    # The network predicts the noise eps; score = -eps / std.
-    std = self.marginal_prob(torch.zeros_like(output), t)[1]
-    return -output / bcast(std, output)
+    # The network predicts the noise eps; score = -eps / std (negating the (B,) std, not the
+    # output, is the same number and one image-sized op fewer).
+    return output / bcast(-self._std(self._log_mean_coeff(t)), output)
 
 
 class VPSDE(_LinearBetaSDE):
@@ -179,14 +187,11 @@ class VPSDE(_LinearBetaSDE):
 
   def sde(self, x, t):
     beta_t = self._beta(t)
-    return -0.5 * bcast(beta_t, x) * x, torch.sqrt(beta_t)
+    return bcast(-0.5 * beta_t, x) * x, torch.sqrt(beta_t)
 
-  def marginal_prob(self, x, t):
-    log_mean_coeff = self._log_mean_coeff(t)
-    mean = bcast(torch.exp(log_mean_coeff), x) * x
+  def _std(self, log_mean_coeff):
     # Kept as sqrt(1 - exp(.)) rather than expm1 so scores match the official checkpoints'.
-    std = torch.sqrt(1. - torch.exp(2. * log_mean_coeff))
-    return mean, std
+    return torch.sqrt(1. - torch.exp(2. * log_mean_coeff))
 
   def discretize(self, x, t):
     """DDPM's ancestral chain: x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z."""
@@ -221,13 +226,10 @@ class subVPSDE(_LinearBetaSDE):
   def sde(self, x, t):
     beta_t = self._beta(t)
     discount = 1. - torch.exp(-2 * self.beta_0 * t - (self.beta_1 - self.beta_0) * t ** 2)
-    return -0.5 * bcast(beta_t, x) * x, torch.sqrt(beta_t * discount)
+    return bcast(-0.5 * beta_t, x) * x, torch.sqrt(beta_t * discount)
 
-  def marginal_prob(self, x, t):
-    log_mean_coeff = self._log_mean_coeff(t)
-    mean = bcast(torch.exp(log_mean_coeff), x) * x
-    std = 1 - torch.exp(2. * log_mean_coeff)  # the variance of sub-VP is std**2: no sqrt here
-    return mean, std
+  def _std(self, log_mean_coeff):
+    return 1 - torch.exp(2. * log_mean_coeff)  # the variance of sub-VP is std**2: no sqrt here
 
   def noise_label(self, t, continuous):
     return t * 999  # sub-VP models are always continuous (as in score_sde_pytorch)
@@ -262,7 +264,8 @@ class VESDE(SDE):
     return 1
 
   def sde(self, x, t):
-    return torch.zeros_like(x), self._sigma(t) * self._diffusion_per_sigma
+    return torch.zeros_like(x), (
+      torch.pow(self.sigma_max / self.sigma_min, t) * (self.sigma_min * self._diffusion_per_sigma))
 
   def _sigma(self, t):
     return self.sigma_min * (self.sigma_max / self.sigma_min) ** t

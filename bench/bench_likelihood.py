@@ -24,16 +24,17 @@ import sde_lib  # noqa: E402
 from models import utils as mutils  # noqa: E402
 
 
-def load_model(full, device):
-  """The full-size CIFAR-10 NCSN++ (random init), or the small parity-fixture network with its
-  non-trivial fixture weights (so that the ODE takes a realistic number of steps)."""
+def load_model(full, device, name='ve/cifar10_ncsnpp_continuous'):
+  """The full-size network of config `name` (random init), or the small parity-fixture network
+  of that config with its non-trivial fixture weights (so that the ODE takes a realistic number
+  of steps; fixtures exist for ve/cifar10_ncsnpp_continuous and vp/cifar10_ddpmpp_continuous)."""
   fixture = None
   if full:
     from configs import load_config
-    config = load_config('ve/cifar10_ncsnpp_continuous')
+    config = load_config(name)
   else:
     import ml_collections
-    fixture = torch.load(ROOT / 'tests/fixtures/parity/ve__cifar10_ncsnpp_continuous.pt',
+    fixture = torch.load(ROOT / 'tests/fixtures/parity' / f'{name.replace("/", "__")}.pt',
                          weights_only=False)
     config = ml_collections.ConfigDict(fixture['config'])
   config.device = torch.device(device)
