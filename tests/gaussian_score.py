@@ -184,3 +184,20 @@ def marginal_std_ratio_flow(sde, mixture, x, t0, t1):
   v0, v1 = a0 ** 2 * s ** 2 + sig0 ** 2, a1 ** 2 * s ** 2 + sig1 ** 2
   ratio = torch.sqrt(v1 / v0)
   return a1 * mu + ratio * (x - a0 * mu), torch.log(ratio)
+
+
+def heun_gain(sigmas, s):
+  """The number EDM's Heun sampler (Alg. 1, Euler last step to sigma = 0) multiplies y by, for one
+  zero-mean Gaussian of std s, along the decreasing ladder `sigmas` (floats, last > 0).
+
+  In y = x / s(t) the probability-flow ODE of such data is linear, dy/dsigma = y f(sigma) with
+  f = sigma / (s^2 + sigma^2), so every Heun step is a scalar factor; the Euler step from the last
+  sigma to 0 is the denoiser D = y s^2 / (s^2 + sigma^2). The exact factor is
+  s / sqrt(s^2 + sigmas[0]^2).
+  """
+  f = lambda sigma: sigma / (s * s + sigma * sigma)
+  gain = 1.
+  for a, b in zip(sigmas[:-1], sigmas[1:]):
+    d = b - a
+    gain *= 1 + d * 0.5 * (f(a) + f(b) * (1 + d * f(a)))
+  return gain * s * s / (s * s + sigmas[-1] ** 2)
