@@ -278,11 +278,14 @@ def get_dpm_solver_sampler(sde, shape, inverse_scaler, num_steps=20, order=3, ep
 
 
 def heun_from_config(config, sde, shape, inverse_scaler, eps):
-  """`config.sampling.method = 'heun'`: num_steps noise levels, optional `churn`."""
+  """`config.sampling.method = 'heun'`: num_steps noise levels; optional `churn`, `heun_schedule`
+  ('edm', EDM's rho ladder; 'logsnr' needs fewer levels on long sigma ranges, see
+  bench/heun_step_analysis.py) and `heun_rho` (7)."""
   s = config.sampling
   return get_heun_sampler(sde, shape, inverse_scaler, num_steps=s.get('num_steps', 18), eps=eps,
                           continuous=config.training.continuous, device=config.device,
-                          churn=s.get('churn', 0.), progress=s.get('progress', False))
+                          churn=s.get('churn', 0.), schedule=s.get('heun_schedule', 'edm'),
+                          rho=s.get('heun_rho', 7.), progress=s.get('progress', False))
 
 
 def dpm_solver_from_config(config, sde, shape, inverse_scaler, eps):

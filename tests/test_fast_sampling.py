@@ -226,3 +226,25 @@ def test_tiny_ncsnpp_through_get_sampling_fn(method, expected_nfe):
   config.sampling.method = 'unipc'
   with pytest.raises(ValueError, match='heun'):
     sampling.get_sampling_fn(config, sde, (2, 3, 8, 8), lambda x: x, eps)
+
+
+def test_heun_ladder_from_config():
+  """config.sampling.heun_schedule / heun_rho reach heun_sample: the sampler built from a config
+  equals heun_sample called with that ladder, and the ladders differ."""
+  import ml_collections
+  import sampling
+  sde, eps, mixture, score_fn = _setup('ve')
+  model = ExactScoreModel(sde, mixture, continuous=True)
+  z = sde.prior_sampling((8,) + EVENT, generator=torch.Generator().manual_seed(6))
+  config = ml_collections.ConfigDict({'training': {'continuous': True}, 'device': 'cpu',
+                                      'sampling': {'method': 'heun', 'num_steps': 6}})
+  outs = {}
+  for schedule, rho in (('edm', 7.), ('edm', 3.), ('logsnr', 7.)):
+    config.sampling.heun_schedule, config.sampling.heun_rho = schedule, rho
+    x, _ = sampling.get_sampling_fn(config, sde, z.shape, lambda v: v, eps)(model, z=z)
+    expected, _ = fs.heun_sample(score_fn, sde, z.shape, 6, eps, schedule=schedule, rho=rho, z=z)
+    torch.testing.assert_close(x, expected)
+    outs[schedule, rho] = x
+  assert not torch.allclose(outs['edm', 7.], outs['edm', 3.])
+  assert not torch.allclose(outs['edm', 7.], outs['logsnr', 7.])
+
