@@ -156,7 +156,8 @@ _ERROR_EXPONENT = -1 / 5  # -1 / (error estimator order 4 + 1)
 
 
 def _rms(x):
-  return torch.sqrt(torch.mean(x.double() ** 2))
+  """Root mean square of a tensor, as a 0-dim float64 tensor (one reduction)."""
+  return torch.linalg.vector_norm(x.double()) / math.sqrt(x.numel())
 
 
 def _initial_step(fn, t0, y0, f0, direction, rtol, atol, span):
@@ -205,9 +206,8 @@ def _dopri5(fn, y0, t0, t1, rtol, atol, max_steps):
       # RMS of the error h sum_j e_j k_j in units of atol + rtol max(|y|, |y_new|).
       y_new_abs = y_new.abs()
       scale = torch.maximum(y_abs, y_new_abs).mul_(rtol).add_(atol)
-      error = torch.mul(k[0].to(y.dtype), h * _DOPRI_E[0])
-      error = _axpy(error, h, _DOPRI_E[1:], k[1:]).div_(scale)
-      error_norm = torch.linalg.vector_norm(error).item() / math.sqrt(error.numel())  # one sync
+      error = _axpy(torch.mul(k[0], h * _DOPRI_E[0]), h, _DOPRI_E[1:], k[1:]).div_(scale)
+      error_norm = _rms(error).item()  # the one host sync of a step
       if not math.isfinite(error_norm):
         raise RuntimeError(f'dopri5: non-finite error estimate at t={t:.6g} (the ODE right-hand '
                            'side returned inf/nan).')

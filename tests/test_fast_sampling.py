@@ -141,8 +141,8 @@ def test_heun_is_edm_algorithm_1_exactly(sde_name):
     x, nfe = fs.heun_sample(score_fn, sde, z.shape, levels, eps, z=z)
     assert nfe == 2 * levels - 1
     torch.testing.assert_close(x.double(), y0 * heun_gain(sigmas, std), rtol=2e-5, atol=1e-6)
-  spread_19 = heun_gain(fs.get_sigma_schedule(sde, 10, eps).tolist(), std) * math.hypot(
-    std, sigmas[0]) / std
+  ladder_19 = fs.get_sigma_schedule(sde, 10, eps).tolist()  # 10 levels = 19 NFE
+  spread_19 = heun_gain(ladder_19, std) * math.hypot(std, ladder_19[0]) / std
   assert spread_19 == pytest.approx({'ve': 1.245, 'vp': 1.416}[sde_name], abs=2e-3)
 
 
