@@ -35,7 +35,7 @@ def drift_and_divergence(drift_fn, x, t, probe=None):
 
   Args:
     drift_fn: (x, t) -> drift, same shape as x; examples must not interact.
-    x: (B, ...) points; t: (B,) times.
+    x: (B, ...) points; t: (B,) times, or one Python float for the whole batch.
     probe: (B, ...) Hutchinson vectors eps, giving eps^T J eps; None for the exact trace of J
       (one backward pass per dimension: small dimensions only).
   Returns:
@@ -107,7 +107,7 @@ def get_likelihood_fn(sde, inverse_scaler, hutchinson_type='Rademacher', rtol=1e
     def ode_fn(t, state):
       # state = [x flattened (B*D), accumulated divergence (B)], float64 as in scipy.
       x = state[:batch * dim].reshape(shape).to(data.dtype)
-      drift, div = drift_and_divergence(drift_fn, x, torch.full((batch,), t, device=x.device), probe)
+      drift, div = drift_and_divergence(drift_fn, x, sde.batch_time(t, batch, x.device), probe)
       return torch.cat([drift.reshape(-1), div]).to(state.dtype)
 
     with torch.no_grad():

@@ -1,21 +1,41 @@
 """Forward SDEs of Song et al. (2021), their reverse-time SDE / probability-flow ODE, and
 `get_sde(config)`, the one place a config becomes an SDE.
 
-Tensors `x` are batches (B, ...) and `t` is a float tensor of shape (B,) in [0, T].
+Tensors `x` are batches (B, ...) and `t` is a float tensor of shape (B,) in [0, T]. Where one
+time serves the whole batch, the SDEs here (`float_time = True`) also take `t` as a Python float
+in the continuous-time coefficients (`sde`, `marginal_prob`, `noise_label`, `output_to_score` of
+continuous models), computing them as Python floats in float64, without tensor ops;
+`sde.batch_time(t, B)` gives what to pass. The ODE sampler and the likelihood use this: after each
+network call every small tensor op costs ~10 us on the CPU (the caches were just refilled), and
+the time vector's arithmetic was most of their wall time outside the network.
+
 Each SDE also says how its time maps to the network's conditioning label and how the
 network's output becomes a score (`noise_label`, `output_to_score`): those are the
 conventions of the official checkpoints, kept here so that no sampler needs an
 `isinstance` test on SDE types.
 """
 import abc
+import math
 
 import numpy as np
 import torch
 
 
 def bcast(v, x):
-  """Reshape a per-example vector (B,) so it broadcasts against x (B, ...)."""
+  """Reshape a per-example vector (B,) so it broadcasts against x (B, ...); a Python number
+  (one time for the whole batch) broadcasts as it is."""
+  if not torch.is_tensor(v):
+    return v
   return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
+
+
+def _exp(v):
+  """exp of a tensor or of a Python number (the scalar-time path)."""
+  return torch.exp(v) if torch.is_tensor(v) else math.exp(v)
+
+
+def _sqrt(v):
+  return torch.sqrt(v) if torch.is_tensor(v) else math.sqrt(v)
 
 
 def _sum_except_batch(x):
@@ -24,6 +44,10 @@ def _sum_except_batch(x):
 
 class SDE(abc.ABC):
   """dx = f(x, t) dt + g(t) dw on t in [0, T], discretised with N steps (paper, Eq. 5)."""
+
+  # Whether sde / marginal_prob / noise_label / output_to_score take a Python float t. False
+  # here, so that a user's SDE written with tensor-only formulas keeps getting (B,) vectors.
+  float_time = False
 
   def __init__(self, N):
     super().__init__()
@@ -61,6 +85,11 @@ class SDE(abc.ABC):
     f = drift * dt
     G = diffusion * torch.sqrt(torch.tensor(dt, device=t.device))
     return f, G
+
+  def batch_time(self, t, batch, device=None):
+    """The time argument for a whole batch at one time t (a Python float): t itself where this
+    SDE takes float times (its coefficients then cost no tensor ops), else a (B,) vector."""
+    return t if self.float_time else torch.full((batch,), t, device=device)
 
   def reverse(self, score_fn, probability_flow=False):
     """The reverse-time SDE (Eq. 6), or the probability-flow ODE (Eq. 13) if `probability_flow`.
@@ -118,8 +147,10 @@ class ReverseSDE:
   def _minus_g2_score(self, drift, g, x, t):
     """drift - g^2 score(x, t) (times 1/2 for the ODE), as one fused op on the image-sized
     tensors: this runs at every network evaluation of every sampler."""
-    return torch.addcmul(drift, bcast(g ** 2, x), self.score_fn(x, t),
-                         value=-0.5 if self.probability_flow else -1.)
+    value = -0.5 if self.probability_flow else -1.
+    if not torch.is_tensor(g):  # scalar time: g is a Python float
+      return torch.add(drift, self.score_fn(x, t), alpha=value * g * g)
+    return torch.addcmul(drift, bcast(g ** 2, x), self.score_fn(x, t), value=value)
 
 
 def _standard_normal_logp(z, var=1.):
@@ -131,6 +162,8 @@ class _LinearBetaSDE(SDE):
   """What VP and sub-VP share: beta(t) = beta_0 + t (beta_1 - beta_0) on [0, 1], the mean
   coefficient s(t) = exp(-int_0^t beta / 2), a standard normal prior, and 999 t as the label of
   continuously trained networks."""
+
+  float_time = True
 
   def __init__(self, beta_min=0.1, beta_max=20, N=1000):
     super().__init__(N)
@@ -162,7 +195,7 @@ class _LinearBetaSDE(SDE):
 
   def marginal_prob(self, x, t):
     log_mean_coeff = self._log_mean_coeff(t)
-    return bcast(torch.exp(log_mean_coeff), x) * x, self._std(log_mean_coeff)
+    return bcast(_exp(log_mean_coeff), x) * x, self._std(log_mean_coeff)
 
   def _std(self, log_mean_coeff):
     """The perturbation kernel's std (B,) as a function of log s(t)."""
@@ -188,11 +221,11 @@ class VPSDE(_LinearBetaSDE):
 
   def sde(self, x, t):
     beta_t = self._beta(t)
-    return bcast(-0.5 * beta_t, x) * x, torch.sqrt(beta_t)
+    return bcast(-0.5 * beta_t, x) * x, _sqrt(beta_t)
 
   def _std(self, log_mean_coeff):
     # Kept as sqrt(1 - exp(.)) rather than expm1 so scores match the official checkpoints'.
-    return torch.sqrt(1. - torch.exp(2. * log_mean_coeff))
+    return _sqrt(1. - _exp(2. * log_mean_coeff))
 
   def discretize(self, x, t):
     """DDPM's ancestral chain: x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z."""
@@ -226,11 +259,11 @@ class subVPSDE(_LinearBetaSDE):
 
   def sde(self, x, t):
     beta_t = self._beta(t)
-    discount = 1. - torch.exp(-2 * self.beta_0 * t - (self.beta_1 - self.beta_0) * t ** 2)
-    return bcast(-0.5 * beta_t, x) * x, torch.sqrt(beta_t * discount)
+    discount = 1. - _exp(-2 * self.beta_0 * t - (self.beta_1 - self.beta_0) * t ** 2)
+    return bcast(-0.5 * beta_t, x) * x, _sqrt(beta_t * discount)
 
   def _std(self, log_mean_coeff):
-    return 1 - torch.exp(2. * log_mean_coeff)  # the variance of sub-VP is std**2: no sqrt here
+    return 1 - _exp(2. * log_mean_coeff)  # the variance of sub-VP is std**2: no sqrt here
 
   def noise_label(self, t, continuous):
     return t * 999  # sub-VP models are always continuous (as in score_sde_pytorch)
@@ -250,6 +283,8 @@ class subVPSDE(_LinearBetaSDE):
 class VESDE(SDE):
   """Variance-exploding SDE (SMLD's continuous limit): sigma(t) = sigma_min (sigma_max/sigma_min)^t."""
 
+  float_time = True
+
   def __init__(self, sigma_min=0.01, sigma_max=50, N=1000):
     super().__init__(N)
     self.sigma_min = sigma_min
@@ -267,7 +302,7 @@ class VESDE(SDE):
   def sde(self, x, t):
     # sigma(t) g / sigma with the two constants folded: one op fewer per sampler evaluation.
     return torch.zeros_like(x), (
-      torch.pow(self.sigma_max / self.sigma_min, t) * (self.sigma_min * self._diffusion_per_sigma))
+      (self.sigma_max / self.sigma_min) ** t * (self.sigma_min * self._diffusion_per_sigma))
 
   def _sigma(self, t):
     return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
@@ -295,6 +330,8 @@ class VESDE(SDE):
     # sigma ladder (index 0 is the largest sigma).
     if continuous:
       return self._sigma(t)
+    if not torch.is_tensor(t):
+      return round((self.T - t) * (self.N - 1))  # both round half to even
     return torch.round((self.T - t) * (self.N - 1)).long()
 
   def output_to_score(self, output, t, labels, continuous):

@@ -82,12 +82,14 @@ def get_score_fn(sde, model, train=False, continuous=False):
     train: run the network in train mode (dropout on).
     continuous: the network was trained on continuous time.
   Returns:
-    score_fn(x (B, C, H, W), t (B,)) -> score (B, C, H, W).
+    score_fn(x (B, C, H, W), t (B,) or a Python float) -> score (B, C, H, W).
   """
   model_fn = get_model_fn(model, train=train)
 
   def score_fn(x, t):
     labels = sde.noise_label(t, continuous)
+    if not torch.is_tensor(labels):  # t was one Python float for the whole batch
+      labels = torch.full((x.shape[0],), labels, device=x.device)
     return sde.output_to_score(model_fn(x, labels), t, labels, continuous)
 
   return score_fn
