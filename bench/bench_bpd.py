@@ -13,8 +13,6 @@ Tolerances are the reference's (RK45, rtol = atol = 1e-5, Rademacher noise, eps 
 Prints a table and writes bench/results/bench_bpd.json.
 """
 import argparse
-import json
-import pathlib
 import platform
 import statistics
 import sys
@@ -23,7 +21,8 @@ import time
 import torch
 from ml_collections import ConfigDict
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from report import RESULTS, ROOT, write_json
+
 sys.path.insert(0, str(ROOT))
 
 import likelihood  # noqa: E402
@@ -118,11 +117,9 @@ def main():
           f'{r["nfe_over_forward"]:8.2f} {r["nfe_over_forward_plus_vjp"]:9.2f}')
   print('Reference, ve/cifar10_ncsnpp_continuous batch 4: 2.0 s per NFE, forward 0.55-0.66 s '
         '(NFE/fwd 3.0-3.6).')
-  out = ROOT / 'bench' / 'results'
-  out.mkdir(parents=True, exist_ok=True)
-  (out / 'bench_bpd.json').write_text(json.dumps(
-    {'rows': rows, 'torch': torch.__version__, 'machine': platform.machine(),
-     'reference': {'seconds_per_nfe': 2.0, 'forward_s': [0.55, 0.66]}}, indent=1))
+  write_json(RESULTS / 'bench_bpd.json',
+             {'rows': rows, 'torch': torch.__version__, 'machine': platform.machine(),
+              'reference': {'seconds_per_nfe': 2.0, 'forward_s': [0.55, 0.66]}})
 
 
 if __name__ == '__main__':

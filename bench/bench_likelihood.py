@@ -8,15 +8,14 @@ scheme (a forward for the drift, then forward + backward for the divergence).
 Prints a table and writes bench/results/bench_likelihood[_full].json.
 """
 import argparse
-import json
-import pathlib
 import statistics
 import sys
 import time
 
 import torch
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from report import RESULTS, ROOT, write_json
+
 sys.path.insert(0, str(ROOT))
 
 import likelihood  # noqa: E402
@@ -107,10 +106,7 @@ def main():
   print(f"{'':28s}{'seconds':>10s}{'x forward':>11s}")
   for name, seconds in rows.items():
     print(f'{name:28s}{seconds:10.4f}{seconds / rows["forward"]:11.2f}')
-  out = ROOT / 'bench' / 'results' / f'bench_likelihood{"_full" if args.full else ""}.json'
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(result, indent=2))
-  print(f'wrote {out.relative_to(ROOT)}')
+  write_json(RESULTS / f'bench_likelihood{"_full" if args.full else ""}.json', result)
 
 
 if __name__ == '__main__':

@@ -23,7 +23,8 @@ import time
 
 import torch
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from report import RESULTS, ROOT, write_json
+
 REFERENCE = pathlib.Path('/work/ref')
 CONFIGS = ('ve/cifar10_ncsnpp_continuous', 'vp/cifar10_ddpmpp_continuous')
 
@@ -127,7 +128,7 @@ def main():
                       help='also time ours under bf16 autocast with channels_last')
   parser.add_argument('--impl', default='ours', choices=['ours', 'reference'],
                       help=argparse.SUPPRESS)  # used by the subprocess
-  parser.add_argument('--out', default=str(ROOT / 'bench' / 'results' / 'bench_network.json'))
+  parser.add_argument('--out', default=str(RESULTS / 'bench_network.json'))
   args = parser.parse_args()
   torch.set_num_threads(args.threads)
 
@@ -167,12 +168,9 @@ def main():
       print(f'{r["config"]:32s} {"speed-up":10s} {"":11s} {speedups[r["config"]]["forward"]:9.2f}x '
             f'{speedups[r["config"]]["forward_backward"]:9.2f}x')
 
-  out = pathlib.Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps({'batch': args.batch, 'threads': args.threads,
-                             'repeats': args.repeats, 'torch': torch.__version__,
-                             'results': rows, 'speedup_vs_reference': speedups}, indent=2))
-  print(f'wrote {out}')
+  write_json(args.out, {'batch': args.batch, 'threads': args.threads, 'repeats': args.repeats,
+                        'torch': torch.__version__, 'results': rows,
+                        'speedup_vs_reference': speedups})
 
 
 if __name__ == '__main__':

@@ -8,14 +8,13 @@ host copies), per method. The network is timed with forward pre/post hooks.
 Prints a table and writes bench/results/bench_ode_overhead[_full].json.
 """
 import argparse
-import json
-import pathlib
 import sys
 import time
 
 import torch
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from report import RESULTS, ROOT, write_json
+
 sys.path.insert(0, str(ROOT))
 
 import sampling  # noqa: E402
@@ -114,10 +113,7 @@ def main():
           f"{100 * r['outside_fraction']:8.2f}%{'(' + spread + '%)':>16s}"
           f"{r['own_cost_us_per_eval']:13.0f}{100 * r['own_cost_fraction']:6.1f}%")
   tag = ('_full' if args.full else '') + ('' if args.config.startswith('ve/') else '_vp')
-  out = ROOT / 'bench' / 'results' / f'bench_ode_overhead{tag}.json'
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(result, indent=2))
-  print(f'wrote {out.relative_to(ROOT)}')
+  write_json(RESULTS / f'bench_ode_overhead{tag}.json', result)
 
 
 if __name__ == '__main__':

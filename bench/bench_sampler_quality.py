@@ -13,15 +13,14 @@ The first row, 'exact', compares two exact draws: the floor that n samples allow
 Writes bench/results/sampler_quality.json.
 """
 import argparse
-import json
 import math
-import pathlib
 import sys
 import time
 
 import torch
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from report import RESULTS, ROOT, write_json
+
 sys.path[:0] = [str(ROOT), str(ROOT / 'tests')]
 
 import fast_sampling as fs  # noqa: E402
@@ -101,7 +100,7 @@ def main():
   parser.add_argument('--n', type=int, default=None, help='samples per row (default 4000)')
   parser.add_argument('--quick', action='store_true', help='n = 1000 and fewer rows')
   parser.add_argument('--sdes', default='ve,vp', help='comma list of ve, vp, subvp')
-  parser.add_argument('--out', default=str(ROOT / 'bench' / 'results' / 'sampler_quality.json'))
+  parser.add_argument('--out', default=str(RESULTS / 'sampler_quality.json'))
   args = parser.parse_args()
   n = args.n or (1000 if args.quick else 4000)
   torch.set_num_threads(2)
@@ -129,11 +128,7 @@ def main():
             flush=True)
       results.append(dict(sde=name, sampler=label, nfe=nfe, mode_tv=tv, spread=spread, sw2=sw2,
                           seconds=seconds))
-  out = pathlib.Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(dict(n=n, mode_std=MODE_STD, dims=math.prod(SHAPE), rows=results),
-                            indent=1))
-  print(f'wrote {out}')
+  write_json(args.out, dict(n=n, mode_std=MODE_STD, dims=math.prod(SHAPE), rows=results))
 
 
 if __name__ == '__main__':

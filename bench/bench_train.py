@@ -10,8 +10,6 @@ images on 2 threads (~1.7 images/s). Reports the median over --steps after one w
 prints a table and writes bench/results/bench_train.json.
 """
 import argparse
-import json
-import pathlib
 import platform
 import statistics
 import sys
@@ -19,7 +17,8 @@ import time
 
 import torch
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from report import RESULTS, ROOT, write_json
+
 sys.path.insert(0, str(ROOT))
 
 import losses  # noqa: E402
@@ -85,12 +84,9 @@ def main():
     speedup = f'{r["speedup_vs_reference"]:.2f}x' if r['speedup_vs_reference'] else '-'
     print(f'{r["config"]:34s} {r["device"][:24]:24s} {r["batch"]:5d} {r["seconds_per_step"]:8.3f} '
           f'{r["images_per_second"]:8.2f} {speedup:>7s}')
-  out = ROOT / 'bench' / 'results' / 'bench_train.json'
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(dict(rows=rows, threads=args.threads, steps=args.steps,
-                                 torch=torch.__version__, machine=platform.processor() or platform.machine()),
-                            indent=2))
-  print(f'wrote {out}')
+  write_json(RESULTS / 'bench_train.json',
+             dict(rows=rows, threads=args.threads, steps=args.steps, torch=torch.__version__,
+                  machine=platform.processor() or platform.machine()))
 
 
 if __name__ == '__main__':

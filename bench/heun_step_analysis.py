@@ -13,11 +13,10 @@ exactly this number.
 Writes bench/results/heun_step_analysis.json.
 """
 import argparse
-import json
-import pathlib
 import sys
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from report import RESULTS, ROOT, write_json
+
 sys.path[:0] = [str(ROOT), str(ROOT / 'tests')]
 
 import fast_sampling as fs  # noqa: E402
@@ -54,10 +53,7 @@ def main():
       result['rows'].append(dict(sde=name, schedule=schedule, rho=rho,
                                  nfe=[2 * n - 1 for n in levels], spread=values,
                                  nfe_within_band=needed))
-  out = ROOT / 'bench' / 'results' / 'heun_step_analysis.json'
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(result, indent=1))
-  print(f'wrote {out.relative_to(ROOT)}')
+  write_json(RESULTS / 'heun_step_analysis.json', result)
 
 
 if __name__ == '__main__':
