@@ -1,43 +1,17 @@
 """NCSN++ cont. (VE SDE) on LSUN bedroom 256x256 (Song et al. 2021, samples in the README)."""
 from configs.default_lsun_configs import get_default_configs
+from configs.ve._ncsnpp import set_ncsnpp
 
 
 def get_config():
-  config = get_default_configs()
+  config = set_ncsnpp(get_default_configs())
+  config.training.continuous = True
+  config.data.category = 'bedroom'
 
-  training = config.training
-  training.sde = 'vesde'
-  training.continuous = True
-
-  sampling = config.sampling
-  sampling.method = 'pc'
-  sampling.predictor = 'reverse_diffusion'
-  sampling.corrector = 'langevin'
-
-  data = config.data
-  data.category = 'bedroom'
-
-  model = config.model
-  model.name = 'ncsnpp'
-  model.scale_by_sigma = True
-  model.ema_rate = 0.999
-  model.normalization = 'GroupNorm'
-  model.nonlinearity = 'swish'
-  model.nf = 128
+  model = config.model  # CIFAR-10's NCSN++ at 256x256: 7 levels, progressive in- and output
   model.ch_mult = (1, 1, 2, 2, 2, 2, 2)
   model.num_res_blocks = 2
-  model.attn_resolutions = (16,)
-  model.resamp_with_conv = True
-  model.conditional = True
-  model.fir = True
-  model.fir_kernel = [1, 3, 3, 1]
-  model.skip_rescale = True
-  model.resblock_type = 'biggan'
   model.progressive = 'output_skip'
   model.progressive_input = 'input_skip'
-  model.progressive_combine = 'sum'
-  model.attention_type = 'ddpm'
-  model.init_scale = 0.
   model.fourier_scale = 16
-  model.conv_size = 3
   return config

@@ -1,31 +1,25 @@
 """DDPM's U-Net (Ho et al. 2020) trained on SMLD's N = 1000 discrete VE noise levels on
-CIFAR-10, its output divided by sigma to give the score."""
-from configs.default_cifar10_configs import get_default_configs
+CIFAR-10, its output divided by sigma to give the score. The DDPM config (vp/ddpm/cifar10) with
+the VE SDE and SMLD's choices: summed loss, data in [0, 1], reverse-diffusion + Langevin PC
+sampling, EMA 0.999."""
+from configs.vp.ddpm.cifar10 import get_config as get_ddpm_config
 
 
 def get_config():
-  config = get_default_configs()
+  config = get_ddpm_config()
 
   training = config.training
   training.sde = 'vesde'
-  training.continuous = False
+  training.reduce_mean = False
 
   sampling = config.sampling
-  sampling.method = 'pc'
   sampling.predictor = 'reverse_diffusion'
   sampling.corrector = 'langevin'
 
+  config.data.centered = False
+
   model = config.model
-  model.name = 'ddpm'
   model.scale_by_sigma = True
   model.ema_rate = 0.999
-  model.normalization = 'GroupNorm'
-  model.nonlinearity = 'swish'
-  model.nf = 128
-  model.ch_mult = (1, 2, 2, 2)
-  model.num_res_blocks = 2
-  model.attn_resolutions = (16,)
-  model.resamp_with_conv = True
-  model.conditional = True
   model.conv_size = 3
   return config

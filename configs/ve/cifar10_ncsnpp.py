@@ -1,41 +1,11 @@
 """NCSN++ on CIFAR-10 trained on SMLD's N = 1000 discrete noise levels (VE, not continuous):
 Song et al. (2021), Table 3, FID 2.45 / IS 9.73."""
 from configs.default_cifar10_configs import get_default_configs
+from configs.ve._ncsnpp import set_ncsnpp
 
 
 def get_config():
-  config = get_default_configs()
-
-  training = config.training
-  training.sde = 'vesde'
-  training.continuous = False
-
-  sampling = config.sampling
-  sampling.method = 'pc'
-  sampling.predictor = 'reverse_diffusion'
-  sampling.corrector = 'langevin'
-
-  model = config.model
-  model.name = 'ncsnpp'
-  model.scale_by_sigma = True
-  model.ema_rate = 0.999
-  model.normalization = 'GroupNorm'
-  model.nonlinearity = 'swish'
-  model.nf = 128
-  model.ch_mult = (1, 2, 2, 2)
-  model.num_res_blocks = 4
-  model.attn_resolutions = (16,)
-  model.resamp_with_conv = True
-  model.conditional = True
-  model.fir = True
-  model.fir_kernel = [1, 3, 3, 1]
-  model.skip_rescale = True
-  model.resblock_type = 'biggan'
-  model.progressive = 'none'
-  model.progressive_input = 'residual'
-  model.progressive_combine = 'sum'
-  model.attention_type = 'ddpm'
-  model.init_scale = 0.
-  model.embedding_type = 'positional'  # discrete noise-level index, not sigma
-  model.conv_size = 3
+  config = set_ncsnpp(get_default_configs())
+  config.training.continuous = False
+  config.model.embedding_type = 'positional'  # discrete noise-level index, not sigma
   return config

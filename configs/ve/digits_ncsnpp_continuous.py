@@ -6,12 +6,12 @@ step of 64 images on 2 cores): 2,000 steps give recognisable digits with the PC 
     python main.py --config configs/ve/digits_ncsnpp_continuous.py --workdir runs/digits_ve --mode train
 """
 from configs.default_cifar10_configs import get_default_configs
+from configs.ve._ncsnpp import set_ncsnpp
 
 
 def get_config():
-  config = get_default_configs()
+  config = set_ncsnpp(get_default_configs())
   training = config.training
-  training.sde = 'vesde'
   training.continuous = True
   training.batch_size = 64
   training.n_iters = 2000
@@ -19,11 +19,6 @@ def get_config():
   training.snapshot_freq_for_preemption = 250
   training.log_freq = 50
   training.eval_freq = 100
-
-  sampling = config.sampling
-  sampling.method = 'pc'
-  sampling.predictor = 'reverse_diffusion'
-  sampling.corrector = 'langevin'
 
   evaluate = config.eval
   evaluate.begin_ckpt = 1
@@ -39,34 +34,19 @@ def get_config():
   data.random_flip = False                     # a mirrored digit is not a digit
   data.centered = False
 
-  model = config.model
-  model.name = 'ncsnpp'
+  model = config.model                         # CIFAR-10's NCSN++, made small (see above)
   model.sigma_min = 0.01
   model.sigma_max = 20.                        # ~ the largest distance between two digits
   model.num_scales = 200                       # PC sampling steps
-  model.scale_by_sigma = True
-  model.ema_rate = 0.999
   model.dropout = 0.1
-  model.normalization = 'GroupNorm'
-  model.nonlinearity = 'swish'
   model.nf = 32
   model.ch_mult = (1, 2, 2)
   model.num_res_blocks = 1
   model.attn_resolutions = ()
-  model.resamp_with_conv = True
-  model.conditional = True
   model.fir = False
-  model.fir_kernel = [1, 3, 3, 1]
-  model.skip_rescale = True
-  model.resblock_type = 'biggan'
-  model.progressive = 'none'
   model.progressive_input = 'none'
-  model.progressive_combine = 'sum'
-  model.attention_type = 'ddpm'
-  model.init_scale = 0.
   model.embedding_type = 'fourier'
   model.fourier_scale = 16
-  model.conv_size = 3
 
   optim = config.optim
   optim.lr = 1e-3

@@ -1,39 +1,12 @@
 """NCSN on CIFAR-10 with NCSNv2's techniques 1, 2 and 4 (Song & Ermon 2020): sigma_max 50,
 232 geometric noise levels, 5 Langevin steps per level at snr 0.176; no EMA."""
-from configs.default_cifar10_configs import get_default_configs
+from configs.ve.ncsn.cifar10 import get_config as get_base_config
 
 
 def get_config():
-  config = get_default_configs()
-
-  training = config.training
-  training.sde = 'vesde'
-  training.continuous = False
-
-  sampling = config.sampling
-  sampling.method = 'pc'
-  sampling.predictor = 'none'
-  sampling.corrector = 'ald'
-  sampling.n_steps_each = 5
-  sampling.snr = 0.176
-
-  model = config.model
-  model.name = 'ncsn'
-  model.scale_by_sigma = False
-  model.num_scales = 232
-  model.ema_rate = 0.
-  model.normalization = 'InstanceNorm++'
-  model.nonlinearity = 'elu'
-  model.nf = 128
-  model.interpolation = 'bilinear'
-
-  optim = config.optim
-  optim.weight_decay = 0.
-  optim.optimizer = 'Adam'
-  optim.lr = 1e-3
-  optim.beta1 = 0.9
-  optim.amsgrad = False
-  optim.eps = 1e-8
-  optim.warmup = 0
-  optim.grad_clip = -1.
+  config = get_base_config()
+  config.model.sigma_max = 50.    # technique 1: the largest distance between training images
+  config.model.num_scales = 232   # technique 2: the number of geometric noise levels
+  config.sampling.n_steps_each = 5  # technique 4: the Langevin steps and their step size
+  config.sampling.snr = 0.176
   return config

@@ -4,20 +4,14 @@ annealed Langevin dynamics with 3 steps per level at snr 0.095, EMA 0.9999.
 The official file sets `training.continuouse = False`, a typo that leaves NCSNv2, a discrete
 model, with `training.continuous = True`; here it is `training.continuous`."""
 from configs.default_lsun_configs import get_default_configs
+from configs.ve._ncsn import set_ncsn
 
 
 def get_config():
-  config = get_default_configs()
-
-  training = config.training
-  training.batch_size = 128
-  training.sde = 'vesde'
-  training.continuous = False
+  config = set_ncsn(get_default_configs())  # NCSN's setup, then NCSNv2's values for bedroom
+  config.training.batch_size = 128
 
   sampling = config.sampling
-  sampling.method = 'pc'
-  sampling.predictor = 'none'
-  sampling.corrector = 'ald'
   sampling.n_steps_each = 3
   sampling.snr = 0.095
 
@@ -32,18 +26,6 @@ def get_config():
   model.sigma_min = 0.01
   model.num_scales = 1086
   model.ema_rate = 0.9999
-  model.normalization = 'InstanceNorm++'
-  model.nonlinearity = 'elu'
-  model.nf = 128
-  model.interpolation = 'bilinear'
 
-  optim = config.optim
-  optim.weight_decay = 0.
-  optim.optimizer = 'Adam'
-  optim.lr = 1e-4
-  optim.beta1 = 0.9
-  optim.amsgrad = False
-  optim.eps = 1e-8
-  optim.warmup = 0
-  optim.grad_clip = -1.
+  config.optim.lr = 1e-4
   return config

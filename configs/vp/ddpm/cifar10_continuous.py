@@ -1,34 +1,10 @@
 """DDPM cont. (VP SDE) on CIFAR-10: DDPM's U-Net trained on continuous time, Song et al. (2021),
-Table 2 (3.21 bits/dim)."""
-from configs.default_cifar10_configs import get_default_configs
+Table 2 (3.21 bits/dim). The DDPM config on continuous time, sampled with Euler-Maruyama."""
+from configs.vp.ddpm.cifar10 import get_config as get_ddpm_config
 
 
 def get_config():
-  config = get_default_configs()
-
-  training = config.training
-  training.sde = 'vpsde'
-  training.continuous = True
-  training.reduce_mean = True
-
-  sampling = config.sampling
-  sampling.method = 'pc'
-  sampling.predictor = 'euler_maruyama'
-  sampling.corrector = 'none'
-
-  data = config.data
-  data.centered = True
-
-  model = config.model
-  model.name = 'ddpm'
-  model.scale_by_sigma = False
-  model.ema_rate = 0.9999
-  model.normalization = 'GroupNorm'
-  model.nonlinearity = 'swish'
-  model.nf = 128
-  model.ch_mult = (1, 2, 2, 2)
-  model.num_res_blocks = 2
-  model.attn_resolutions = (16,)
-  model.resamp_with_conv = True
-  model.conditional = True
+  config = get_ddpm_config()
+  config.training.continuous = True
+  config.sampling.predictor = 'euler_maruyama'
   return config
