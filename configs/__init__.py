@@ -5,7 +5,10 @@
     config.model.nf = 64                                    # same as --config.model.nf=64
 
 Every config starts from one of `default_{cifar10,celeba,lsun}_configs.get_default_configs()`,
-where each key is defined once and explained; the file then sets its SDE, sampler and network.
+where each key is defined once and explained, and states only what makes it different: its SDE,
+sampler and network, through a family's setup (`ve/_ncsnpp.py`, `ve/_ncsn.py`, `vp/_ddpm.py`;
+files starting with '_' are not configs) or as changes to the config it varies (a deep, discrete
+or other-dataset version imports its base's `get_config`).
 """
 import difflib
 import importlib.util
