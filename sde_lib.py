@@ -35,6 +35,7 @@ def _exp(v):
 
 
 def _sqrt(v):
+  """sqrt of a tensor or of a Python number."""
   return torch.sqrt(v) if torch.is_tensor(v) else math.sqrt(v)
 
 
@@ -46,7 +47,9 @@ class SDE(abc.ABC):
   """dx = f(x, t) dt + g(t) dw on t in [0, T], discretised with N steps (paper, Eq. 5)."""
 
   # Whether sde / marginal_prob / noise_label / output_to_score take a Python float t. False
-  # here, so that a user's SDE written with tensor-only formulas keeps getting (B,) vectors.
+  # here, so that a user's SDE written with tensor-only formulas keeps getting (B,) vectors;
+  # VE / VP / sub-VP set it, so a subclass that overrides one of them with tensor-only code
+  # must set it back to False.
   float_time = False
 
   def __init__(self, N):
