@@ -69,9 +69,10 @@ def _join_distributed(config):
   return joined[0], bool(joined[2]) if len(joined) > 2 else False
 
 
-def _leave_distributed(joined):
+def _leave_distributed(joined, wait_for_all=True):
   if joined:
-    dist.destroy_process_group()
+    import run_lib
+    run_lib.leave_process_group(wait_for_all)
 
 
 def _barrier():
@@ -261,10 +262,12 @@ def evaluate(config, workdir, eval_folder='eval'):
   sampling evaluation stops with an error naming the missing file (raised at the end).
   """
   rank, joined = _join_distributed(config)
+  finished = False
   try:
     _evaluate(config, workdir, eval_folder, rank)
+    finished = True
   finally:
-    _leave_distributed(joined)
+    _leave_distributed(joined, wait_for_all=finished)
 
 
 def build_tools(config, sde, sampling_eps):
