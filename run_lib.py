@@ -75,7 +75,7 @@ def leave_process_group(wait_for_all=True):
   """Destroy the process group while this process is fully alive and its peers are done.
 
   Without this, two-process gloo runs aborted at exit after finishing their work ('terminate
-  called without an active exception', SIGABRT; 4 of 20 runs of the DDP test on 2 CPU cores):
+  called without an active exception', SIGABRT; 4 of 14 runs of the DDP test on 2 CPU cores):
   DDP's reducer, which holds the group, sits in reference cycles and outlived the group's
   destruction, and a rank could tear the group down while the other was still using it. A
   collection and a barrier each removed the abort on their own (12 runs each); both are kept.
