@@ -37,6 +37,7 @@ import datasets
 import evaluation
 import likelihood
 import losses
+import run_lib
 import sampling
 import sde_lib
 
@@ -61,20 +62,6 @@ def _rank_world():
   return 0, 1
 
 
-def _join_distributed(config):
-  """(rank, joined): join torchrun's process group if there is one (run_lib.init_distributed);
-  `joined` says this call created it, so the caller should destroy it when done."""
-  import run_lib
-  joined = run_lib.init_distributed(config)
-  return joined[0], bool(joined[2]) if len(joined) > 2 else False
-
-
-def _leave_distributed(joined, wait_for_all=True):
-  if joined:
-    import run_lib
-    run_lib.leave_process_group(wait_for_all)
-
-
 def _barrier():
   if _rank_world()[1] > 1:
     dist.barrier()
@@ -94,7 +81,6 @@ def checkpoint_path(workdir, ckpt):
 
 def build_state(config):
   """Model, EMA and optimizer as training builds them (so its checkpoints restore strictly)."""
-  import run_lib
   return run_lib.build_state(config)
 
 
@@ -261,13 +247,8 @@ def evaluate(config, workdir, eval_folder='eval'):
   Without the Inception weights or the dataset statistics, loss and bits/dim still run and the
   sampling evaluation stops with an error naming the missing file (raised at the end).
   """
-  rank, joined = _join_distributed(config)
-  finished = False
-  try:
+  with run_lib.process_group(config) as (rank, _):
     _evaluate(config, workdir, eval_folder, rank)
-    finished = True
-  finally:
-    _leave_distributed(joined, wait_for_all=finished)
 
 
 def build_tools(config, sde, sampling_eps):
@@ -357,8 +338,8 @@ def fid_stats(config, workdir=None):
   Written once by rank 0 (the file holds raw pool_3 features plus their mean and covariance,
   and the Inception mode). `workdir` is unused; it keeps the signature of the other modes.
   """
-  rank, joined = _join_distributed(config)
-  _leave_distributed(joined)
+  with run_lib.process_group(config) as (rank, _):
+    pass  # only rank 0 works: the group is joined to learn the rank
   if rank != 0:
     return None
   inception = evaluation.get_inception_model(config)

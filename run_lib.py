@@ -17,6 +17,7 @@ Multi-GPU: under `torchrun --nproc_per_node=N` (WORLD_SIZE set) training uses
 DistributedDataParallel; config.training.batch_size stays the global batch, each rank loads its
 DistributedSampler shard, and rank 0 logs and writes checkpoints and samples.
 """
+import contextlib
 import gc
 import json
 import logging
@@ -71,19 +72,31 @@ def init_distributed(config):
   return dist.get_rank(), dist.get_world_size(), True
 
 
-def leave_process_group(wait_for_all=True):
-  """Destroy the process group while this process is fully alive and its peers are done.
+@contextlib.contextmanager
+def process_group(config):
+  """Run a block inside torchrun's process group: join it (`init_distributed`), yield
+  (rank, world_size), and leave it at the end if this call joined it.
 
-  Without this, two-process gloo runs aborted at exit after finishing their work ('terminate
-  called without an active exception', SIGABRT; 4 of 14 runs of the DDP test on 2 CPU cores):
-  DDP's reducer, which holds the group, sits in reference cycles and outlived the group's
-  destruction, and a rank could tear the group down while the other was still using it. A
-  collection and a barrier each removed the abort on their own (12 runs each); both are kept.
-  Skip the barrier (`wait_for_all=False`) after an error, when another rank may never arrive.
+  Leaving destroys the group while this process is fully alive and its peers are done. Without
+  that, two-process gloo runs aborted at exit after finishing their work ('terminate called
+  without an active exception', SIGABRT; 4 of 14 runs of the DDP test on 2 CPU cores): DDP's
+  reducer, which holds the group, sits in reference cycles and outlived the group's destruction,
+  and a rank could tear the group down while the other was still using it. A collection and a
+  barrier each removed the abort on their own (12 runs each); both are kept. After an error the
+  barrier is skipped: another rank may never arrive.
   """
+  rank, world, joined = init_distributed(config)
+  if not joined:
+    yield rank, world
+    return
+  try:
+    yield rank, world
+  except BaseException:
+    gc.collect()
+    dist.destroy_process_group()
+    raise
   gc.collect()
-  if wait_for_all:
-    dist.barrier()
+  dist.barrier()
   dist.destroy_process_group()
 
 
@@ -316,25 +329,19 @@ def train(config, workdir):
   at the last step n_iters, then writes the resume checkpoint every snapshot_freq_for_preemption
   steps (after the rest of the step, so a resumed run replays nothing).
   """
-  rank, world, joined = init_distributed(config)
-  main_process = rank == 0
-  log_handler = None
-  if main_process:
-    for d in _paths(workdir)[1:]:
-      os.makedirs(os.path.dirname(d) if d.endswith('.pth') else d, exist_ok=True)
-    check_and_save_config(config, workdir)
-    log_handler = _log_to_file(workdir)
-  finished = False
-  try:
-    state = _train(config, workdir, rank, world)
-    finished = True
-    return state
-  finally:
-    if log_handler is not None:
-      logging.getLogger().removeHandler(log_handler)
-      log_handler.close()
-    if joined:
-      leave_process_group(wait_for_all=finished)
+  with process_group(config) as (rank, world):
+    log_handler = None
+    if rank == 0:
+      for d in _paths(workdir)[1:]:
+        os.makedirs(os.path.dirname(d) if d.endswith('.pth') else d, exist_ok=True)
+      check_and_save_config(config, workdir)
+      log_handler = _log_to_file(workdir)
+    try:
+      return _train(config, workdir, rank, world)
+    finally:
+      if log_handler is not None:
+        logging.getLogger().removeHandler(log_handler)
+        log_handler.close()
 
 
 def _paths(workdir):
