@@ -412,11 +412,14 @@ def test_same_numbers_as_the_reference(sde_name):
     assert torch.allclose(sampler(model)[0], ref[f'{sde_name}/{p}/{c}'], rtol=1e-5, atol=1e-5), (p, c)
   torch.manual_seed(0)
   x = sampling.get_ode_sampler(sde, shape, identity, denoise=True, device='cpu')(model)[0]
-  # Within the solver's tolerances (rtol = atol = 1e-5). The ODE sampler computes the SDE's
-  # coefficients in float64 (one float time per batch); the reference's float32 VP std
-  # sqrt(1 - exp(.)) cancels near t = eps (1.2e-4 relative at 1e-3), which moves its VP sample by
-  # up to 1.3e-5 from ours (7.9e-6 with float32 coefficients; VE: 5e-7).
-  assert torch.allclose(x, ref[f'{sde_name}/ode'], rtol=1e-5, atol=2e-5)
+  # Within the solver's tolerances (rtol = atol = 1e-5), which bound each step's error, not the
+  # sample's: the adaptive step sequence depends on the last bits of the drift. The ODE sampler
+  # computes the SDE's coefficients in float64 (one float time per batch), the reference in
+  # float32 (its VP std sqrt(1 - exp(.)) cancels near t = eps). Measured VP gaps to the
+  # reference: 1.3e-5 on an Intel AVX-512 CPU, 3.0e-5 on an AMD EPYC one (57 evaluations); the
+  # same test network evaluated in float64 moves the sample by 7.8e-5 (45 evaluations). A wrong
+  # drift or step rule moves it by 1e-2 or more.
+  assert torch.allclose(x, ref[f'{sde_name}/ode'], rtol=1e-5, atol=1e-4)
   data = PARITY_MEAN + PARITY_VAR.sqrt() * torch.randn(shape, generator=torch.Generator().manual_seed(1))
   torch.manual_seed(0)
   bpd, z, _ = likelihood.get_likelihood_fn(sde, lambda v: (v + 1) / 2)(model, data)
