@@ -10,7 +10,9 @@ Class-conditional sampling solves the conditional reverse SDE (Eq. 14, App. I.4)
 grad_x log p_t(x) is replaced by grad_x log p_t(x) + grad_x log p_t(y | x), the second term from a
 noise-conditional classifier, at every predictor and corrector step.
 
-Signatures follow score_sde_pytorch (and the JAX score_sde for the conditional sampler).
+Signatures follow score_sde_pytorch (and the JAX score_sde for the conditional sampler). Every
+`generator=` takes one torch.Generator or a list of B of them, example b's noise then coming from
+generator b alone (`sde_lib.randn`; `main.py --mode sample` draws this way).
 Deliberate fixes over the PyTorch reference, each covered by tests/test_controllable_generation.py:
   * the denoised output (`denoise=True`) really is the noise-free mean in the unknown region (the
     reference built `x_mean` from the noisy `x`, so denoising never reached the unknown pixels);
@@ -73,7 +75,7 @@ def _impute(sde, predictor_obj, corrector_obj, known, mask, encode, decode, eps,
     for step in (corrector_obj, predictor_obj):
       x, x_mean = step.update_fn(x, vec_t)
       known_mean, std = sde.marginal_prob(known, vec_t)
-      noise = torch.randn(known.shape, generator=generator, device=device, dtype=known.dtype)
+      noise = sde_lib.randn(known.shape, generator, device=device, dtype=known.dtype)
       known_t = known_mean + sde_lib.bcast(std, known) * noise
       x = decode(encode(x) * unknown + known_t * mask)
       x_mean = decode(encode(x_mean) * unknown + known_mean * mask)

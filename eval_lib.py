@@ -3,12 +3,22 @@
 `evaluate(config, workdir, eval_folder)` goes over checkpoints/checkpoint_{begin..end}.pth of
 `workdir` and, as `config.eval` enables, writes under workdir/eval_folder the reference's files:
   ckpt_N_loss.npz                   all_losses, mean_loss (EMA weights, whole test split)
-  {train|test}_ckpt_N_bpd_K.npz     bits/dim of batch K (arr_0); the test split is gone over
-                                    5 times with fresh dequantization noise, as in the reference
+  {train|test}_ckpt_N_bpd_K.npz     bits/dim of batch K (arr_0); the split is gone over
+                                    config.eval.bpd_num_repeats times with fresh dequantization
+                                    noise (the reference: 5 on the test split, 1 on train)
   ckpt_N/samples_R.npz              samples (uint8, N H W C) of sampling round R
   ckpt_N/statistics_R.npz           their Inception pool_3 and logits
-  report_N.npz                      IS, fid, kid (+ IS_std, IS_1split, kid_std)
+  report_N.npz                      IS, fid, kid (+ IS_std, IS_1split, kid_std); on DIGITS
+                                    digits_fd, digits_cs and their real-data floors instead
 and report.json, a summary per checkpoint (mean loss, mean bits/dim, IS/FID/KID).
+
+On the embedded DIGITS dataset, sample quality needs no Inception network and no download: the
+statistics_R.npz files hold the features and logits of the small digits classifier of
+digits_quality.py, scored as a Frechet distance and a classifier score against the training
+digits, next to the same numbers for as many held-out test digits (the floor).
+
+Each long step logs a line before it starts (what, how many, which checkpoint) and shows a tqdm
+bar with an ETA over bits/dim batches and sampling rounds; each bits/dim batch logs its NFE.
 
 Every file is written atomically and skipped when it already exists, so a preempted evaluation
 started again redoes only the loss file, bits/dim batches and sampling rounds it had not
@@ -32,6 +42,7 @@ import time
 import numpy as np
 import torch
 import torch.distributed as dist
+from tqdm.auto import tqdm
 
 import datasets
 import evaluation
@@ -130,6 +141,8 @@ def eval_loss(config, state, sde, eval_ds, scaler, out_path):
   """Mean training loss of the EMA weights over the test split -> ckpt_N_loss.npz. Returns it."""
   if os.path.exists(out_path):
     return float(np.load(out_path)['mean_loss'])
+  logging.info('Loss of the EMA weights on %d test batches of %d images', len(eval_ds),
+               config.eval.batch_size)
   generator = torch.Generator(device=config.device).manual_seed(_seed(config.seed, 0))
   step = losses.get_step_fn(sde, train=False, reduce_mean=config.training.reduce_mean,
                             continuous=config.training.continuous,
@@ -154,18 +167,26 @@ def eval_bpd(config, model, likelihood_fn, ds_bpd, num_repeats, scaler, eval_dir
   total = len(ds_bpd) * num_repeats
   pending = [k for k in range(rank, total, world) if not os.path.exists(bpd_file(eval_dir, config, ckpt, k))]
   if pending:
+    logging.info('ckpt %d: bits/dim of %d batch(es) of %d %s images with the probability-flow '
+                 'ODE (%d repeat(s) of %d batches; %d of them on this process still to do)',
+                 ckpt, len(pending), ds_bpd.batch_size, config.eval.bpd_dataset, num_repeats,
+                 len(ds_bpd), len(pending))
     # Repeat r reads epoch r of the stream: a new order and new dequantization noise.
     stream = itertools.islice(ds_bpd.iterate(0), total)
     todo = set(pending)
+    bar = tqdm(total=len(pending), desc=f'bits/dim ckpt {ckpt}', unit='batch', disable=rank != 0)
     for k, batch in enumerate(stream):
       if k not in todo:
         continue
       generator = torch.Generator(device=config.device).manual_seed(_seed(config.seed, ckpt, k))
-      bpd = likelihood_fn(model, scaler(batch.to(config.device)), generator=generator)[0]
+      start = time.perf_counter()
+      bpd, _, nfe = likelihood_fn(model, scaler(batch.to(config.device)), generator=generator)
       bpd = bpd.detach().cpu().numpy().reshape(-1)
       _savez(bpd_file(eval_dir, config, ckpt, k), bpd)
-      logging.info('ckpt %d, repeat %d, batch %d: mean bpd %.6f', ckpt, k // len(ds_bpd),
-                   k % len(ds_bpd), bpd.mean())
+      bar.update(1)
+      logging.info('ckpt %d, repeat %d, batch %d: mean bpd %.6f (%d evaluations, %.1f s)', ckpt,
+                   k // len(ds_bpd), k % len(ds_bpd), bpd.mean(), nfe, time.perf_counter() - start)
+    bar.close()
   _barrier()
   return float(np.concatenate([np.load(bpd_file(eval_dir, config, ckpt, k))['arr_0']
                                for k in range(total)]).mean())
@@ -190,32 +211,35 @@ def sample_round(config, model, sampling_fn, inception, sample_dir, ckpt, r):
   if os.path.exists(samples_path):
     samples = np.load(samples_path)['samples']
   else:
+    start = time.perf_counter()
     generator = torch.Generator(device=config.device).manual_seed(_seed(config.seed, ckpt, r, 1))
     with torch.no_grad():
       x, nfe = sampling_fn(model, generator=generator)
     samples = _to_uint8(x)
     _savez(samples_path, samples=samples)
-    logging.info('ckpt %d, sampling round %d: %d samples, %d evaluations', ckpt, r, len(samples), nfe)
+    logging.info('ckpt %d, sampling round %d: %d samples, %d evaluations, %.1f s', ckpt, r,
+                 len(samples), nfe, time.perf_counter() - start)
   latents = inception(samples)
   _savez(stats_path, pool_3=latents['pool_3'], logits=latents['logits'])
   return nfe
 
 
-def compute_metrics(config, sample_dir, data_stats):
-  """IS/FID/KID of the first num_samples samples (rounds in order) against `data_stats`."""
+def compute_metrics(config, sample_dir, score):
+  """score(pool_3, logits) of the first num_samples samples (rounds in order): IS/FID/KID, or
+  the digits metrics (see `_sampling_tools`)."""
   stats = [np.load(os.path.join(sample_dir, f'statistics_{r}.npz'))
            for r in range(num_sampling_rounds(config))]
   n = config.eval.num_samples
   pool_3 = np.concatenate([s['pool_3'] for s in stats])[:n]
   logits = np.concatenate([s['logits'] for s in stats])[:n]
-  return evaluation.compute_metrics(pool_3, logits, data_stats,
-                                    num_splits=config.eval.get('is_splits', 10))
+  return score(pool_3, logits)
 
 
 def write_report(eval_dir, ckpt, results):
   """report_N.npz with the sample metrics (the reference's keys IS, fid, kid), and the merged
   per-checkpoint summary report.json."""
-  metrics = {k: v for k, v in results.items() if k in ('IS', 'IS_std', 'IS_1split', 'fid', 'kid', 'kid_std')}
+  metrics = {k: v for k, v in results.items()
+             if k in ('IS', 'IS_std', 'IS_1split', 'fid', 'kid', 'kid_std') or k.startswith('digits_')}
   if metrics:
     _savez(os.path.join(eval_dir, f'report_{ckpt}.npz'), **metrics)
   summary_path = os.path.join(eval_dir, 'report.json')
@@ -234,11 +258,22 @@ def write_report(eval_dir, ckpt, results):
 # ----------------------------------------------------------------------------- the two modes
 
 def _sampling_tools(config):
-  """(inception, data_stats) for FID/IS/KID; raises FileNotFoundError/ValueError saying what
-  file is missing."""
+  """(features, score): the feature network (images -> {'pool_3', 'logits'}) and
+  score(pool_3, logits) -> metrics. Inception and IS/FID/KID against the dataset statistics, or on
+  DIGITS the digits classifier and its metrics with their floor. Raises FileNotFoundError /
+  ValueError saying what file is missing."""
+  network = config.eval.get('feature_network', 'auto')
+  if network == 'digits' or (network == 'auto' and config.data.dataset.upper() == 'DIGITS'):
+    import digits_quality
+    features = digits_quality.DigitsFeatures.load(config.device)
+    reference = digits_quality.reference_statistics(features)
+    return features, lambda pool_3, logits: digits_quality.score_outputs(
+      {'pool_3': pool_3, 'logits': logits}, reference)
   inception = evaluation.get_inception_model(config)
   data_stats = evaluation.load_stats(evaluation.stats_file(config), mode=inception.mode)
-  return inception, data_stats
+  num_splits = config.eval.get('is_splits', 10)
+  return inception, lambda pool_3, logits: evaluation.compute_metrics(
+    pool_3, logits, data_stats, num_splits=num_splits)
 
 
 def evaluate(config, workdir, eval_folder='eval'):
@@ -259,12 +294,15 @@ def build_tools(config, sde, sampling_eps):
   statistics) but loss or bits/dim can, sampling_error is the exception to raise at the end.
   """
   ev = config.eval
+  if ev.get('feature_network', 'auto') not in ('auto', 'inception', 'digits'):
+    raise ValueError(f'config.eval.feature_network is {ev.feature_network!r}; use "auto" (the '
+                     'digits classifier on DIGITS, Inception elsewhere), "inception" or "digits".')
   inverse_scaler = datasets.get_data_inverse_scaler(config)
   tools = {'scaler': datasets.get_data_scaler(config)}
   sampling_error = None
   if ev.enable_sampling:
     try:
-      tools['inception'], tools['data_stats'] = _sampling_tools(config)
+      tools['inception'], tools['score'] = _sampling_tools(config)
     except (FileNotFoundError, ValueError) as e:
       if not (ev.enable_loss or ev.enable_bpd):
         raise
@@ -272,7 +310,9 @@ def build_tools(config, sde, sampling_eps):
       sampling_error = e
     else:
       shape = (ev.batch_size, config.data.num_channels, config.data.image_size, config.data.image_size)
-      tools['sampling_fn'] = sampling.get_sampling_fn(config, sde, shape, inverse_scaler, sampling_eps)
+      # The network samples in config.eval.precision; bits/dim below always run in float32.
+      tools['sampling_fn'] = sampling.get_sampling_fn(
+        config, sde, shape, inverse_scaler, sampling_eps, precision=ev.get('precision', 'fp32'))
   if ev.enable_loss:
     tools['eval_ds'] = eval_batches(config, train=False,
                                     uniform_dequantization=config.data.uniform_dequantization)
@@ -280,8 +320,12 @@ def build_tools(config, sde, sampling_eps):
     split = ev.bpd_dataset.lower()
     if split not in ('train', 'test'):
       raise ValueError(f'config.eval.bpd_dataset is {ev.bpd_dataset!r}; use "train" or "test".')
-    # The test split is gone over 5 times (different dequantization noise), as in the reference.
-    tools['num_repeats'] = 5 if split == 'test' else 1
+    # Repeats draw fresh dequantization noise; the reference goes over test 5 times, train once.
+    repeats = ev.get('bpd_num_repeats', None)
+    tools['num_repeats'] = int(repeats) if repeats is not None else (5 if split == 'test' else 1)
+    if tools['num_repeats'] < 1:
+      raise ValueError(f'config.eval.bpd_num_repeats is {repeats}; use 1 or more (or None for '
+                       'the reference\'s 5 on the test split, 1 on train).')
     tools['ds_bpd'] = eval_batches(config, train=split == 'train', uniform_dequantization=True,
                                    repeat=True)
     tools['likelihood_fn'] = likelihood.get_likelihood_fn(
@@ -290,13 +334,19 @@ def build_tools(config, sde, sampling_eps):
 
 
 def sample_and_score(config, model, tools, sample_dir, ckpt, rank):
-  """This rank's sampling rounds (R = rank, rank + world, ...), then (rank 0) IS/FID/KID."""
+  """This rank's sampling rounds (R = rank, rank + world, ...), then (rank 0) the metrics."""
   os.makedirs(sample_dir, exist_ok=True)
   _, world = _rank_world()
-  for r in range(rank, num_sampling_rounds(config), world):
+  rounds = [r for r in range(rank, num_sampling_rounds(config), world)
+            if not os.path.exists(os.path.join(sample_dir, f'statistics_{r}.npz'))]
+  if rounds:
+    logging.info('ckpt %d: drawing %d round(s) of %d samples with the %r sampler (%d samples in '
+                 'all), then their %s features', ckpt, len(rounds), config.eval.batch_size,
+                 config.sampling.method, config.eval.num_samples, tools['inception'].mode)
+  for r in tqdm(rounds, desc=f'sampling ckpt {ckpt}', unit='round', disable=rank != 0):
     sample_round(config, model, tools['sampling_fn'], tools['inception'], sample_dir, ckpt, r)
   _barrier()
-  return compute_metrics(config, sample_dir, tools['data_stats']) if rank == 0 else {}
+  return compute_metrics(config, sample_dir, tools['score']) if rank == 0 else {}
 
 
 def evaluate_checkpoint(config, state, sde, tools, eval_dir, ckpt, rank):
@@ -324,6 +374,10 @@ def _evaluate(config, workdir, eval_folder, rank):
   for ckpt in range(ev.begin_ckpt, ev.end_ckpt + 1):
     path = checkpoint_path(workdir, ckpt)
     wait_for_checkpoint(path, ev.get('ckpt_timeout_s', 3 * 24 * 3600.), ev.get('ckpt_poll_s', 60.))
+    if rank == 0:
+      logging.info('Evaluating checkpoint %d (%s): %s', ckpt, path, ', '.join(
+        name for name, key in (('loss', 'eval_ds'), ('bits/dim', 'likelihood_fn'),
+                               ('sample quality', 'sampling_fn')) if key in tools) or 'nothing enabled')
     restore_ckpt(config, state, path)
     results = evaluate_checkpoint(config, state, sde, tools, eval_dir, ckpt, rank)
     if rank == 0 and results:
@@ -346,12 +400,12 @@ def fid_stats(config, workdir=None):
   build = datasets.DATASETS.get(config.data.dataset)
   images = build(config, True, datasets.data_root(config), bool(config.data.get('download', False)))
   loader = torch.utils.data.DataLoader(images, batch_size=config.eval.get('inception_batch_size', 100),
-                                       num_workers=config.data.get('num_workers', 0))
+                                       num_workers=datasets.loader_workers(config, images))
+  logging.info('fid_stats: Inception features (%s mode) of the %d training images of %s',
+               inception.mode, len(images), config.data.dataset)
   pools = []
-  for i, (batch, _) in enumerate(loader):
+  for batch, _ in tqdm(loader, desc='fid_stats', unit='batch'):
     pools.append(inception(batch.permute(0, 2, 3, 1).numpy())['pool_3'])
-    if i % 50 == 0:
-      logging.info('fid_stats: %d / %d images', sum(len(p) for p in pools), len(images))
   path = evaluation.stats_file(config)
   evaluation.save_stats(path, np.concatenate(pools), mode=inception.mode)
   logging.info('Wrote the statistics of %d images to %s', len(images), path)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+import sde_lib
 from models import utils as mutils
 
 SCHEDULES = ('edm', 'logsnr', 'time_uniform', 'time_quadratic')
@@ -104,6 +105,7 @@ def heun_sample(score_fn, sde, shape, num_steps=18, eps=1e-3, schedule='edm', rh
     churn, s_tmin, s_tmax, s_noise: EDM's stochasticity (S_churn etc.); 0 churn is deterministic.
     to_zero: finish at sigma = 0 (t = 0), returning a denoised sample; else stop at t = eps.
     z: initial noise x(T) (B, ...) instead of a prior draw.
+    generator: torch.Generator, or a list of B of them (example b's noise from generator b).
   Returns:
     (x (B, ...), nfe).
   """
@@ -118,7 +120,7 @@ def heun_sample(score_fn, sde, shape, num_steps=18, eps=1e-3, schedule='edm', rh
     gamma = gamma_max if s_tmin <= sigma <= s_tmax else 0.
     sigma_hat = sigma * (1 + gamma)
     if gamma > 0:  # raise the noise level to sigma_hat with fresh noise
-      noise = torch.randn(y.shape, generator=generator, device=y.device)
+      noise = sde_lib.randn(y.shape, generator, device=y.device)
       y = y + math.sqrt(sigma_hat ** 2 - sigma ** 2) * s_noise * noise
     d = ode.eps(y, sigma_hat)
     y_next = y + (sigma_next - sigma_hat) * d

@@ -67,7 +67,7 @@ def bits_per_dim_offset(inverse_scaler):
 
 
 def get_likelihood_fn(sde, inverse_scaler, hutchinson_type='Rademacher', rtol=1e-5, atol=1e-5,
-                      method='RK45', eps=1e-5, num_steps=100):
+                      method='RK45', eps=1e-5, num_steps=100, precision='fp32'):
   """Build likelihood_fn(model, data) for a score model of `sde`.
 
   Args:
@@ -79,10 +79,23 @@ def get_likelihood_fn(sde, inverse_scaler, hutchinson_type='Rademacher', rtol=1e
       keeps the state on the device).
     eps: integrate from eps to T.
     num_steps: steps of the fixed-step methods.
+    precision: only 'fp32'; anything else is refused (see below).
   Returns:
     likelihood_fn(model, data (B, C, H, W), generator=None) -> (bpd (B,), z (B, C, H, W), nfe):
     bits/dim, the latent x(T), and the number of network forward passes.
+  Raises:
+    ValueError for a precision other than 'fp32': the solver's tolerances (1e-5 by default) are
+    far below the rounding of a bf16 / fp16 network (~4e-3 / ~5e-4 relative), so the step
+    control would chase rounding noise and the bits/dim would not be the model's.
   """
+  import precision as precision_lib
+  if precision_lib.check(precision) != 'fp32':
+    raise ValueError(
+      f'Likelihoods (bits/dim) run in float32 only, not {precision!r}: the ODE tolerances '
+      f'(rtol {rtol:g}, atol {atol:g}) are below {precision} resolution (relative rounding '
+      f'{precision_lib.RESOLUTION[precision]:.1e} per network output), so the adaptive solver '
+      'would chase rounding noise. Evaluation computes bits/dim in float32 whatever '
+      'config.eval.precision says.')
   kind = {k.lower(): k for k in HUTCHINSON_TYPES}.get(str(hutchinson_type).lower())
   if kind is None:
     raise ValueError(f'Unknown hutchinson_type {hutchinson_type!r}. Known: {", ".join(HUTCHINSON_TYPES)}.')

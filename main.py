@@ -1,6 +1,8 @@
-"""Command line: train or evaluate a score-based model.
+"""Command line: train, evaluate or sample from a score-based model.
 
     python main.py --config configs/ve/digits_ncsnpp_continuous.py --workdir runs/digits --mode train
+    python main.py --config configs/ve/digits_ncsnpp_continuous.py --workdir runs/digits --mode sample \
+        --config.sample.num=256   # -> runs/digits/generated/<out>/ (see sample_lib.py)
     python main.py --config configs/ve/cifar10_ncsnpp_continuous.py --workdir runs/c10 --mode eval \
         --config.eval.batch_size=256
     torchrun --nproc_per_node=4 main.py --config ... --workdir ... --mode train   # DDP
@@ -38,6 +40,7 @@ MODES = {
   'eval': _eval,
   'fid_stats': _from_module('eval_lib', 'fid_stats'),  # Inception statistics of the train split
   'train_classifier': _from_module('classifier_lib', 'train_classifier'),  # for conditional sampling
+  'sample': _from_module('sample_lib', 'sample'),  # images from a checkpoint (config.sample)
 }
 
 FLAGS = flags.FLAGS

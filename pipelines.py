@@ -3,8 +3,9 @@
 Same signatures, config attributes and step rules as diffusers' classes of those names, so code
 written for `diffusers.ScoreSdeVePipeline` runs on our NCSN++ (or any module called as
 `model(x, sigma)`), and a diffusers pipeline folder loads into our model (`from_pretrained`) and
-back (`save_pretrained`; the weight mapping is in `diffusers_convert.py`). diffusers itself is
-never imported here.
+back (`save_pretrained`; the weight mapping is in `diffusers_convert.py`). `from_pretrained`
+also takes a hub id such as 'google/ncsnpp-celebahq-256', fetched through huggingface_hub's cache
+(`hub.py`). diffusers itself is never imported here.
 
 The loop is the PC sampler of Song et al. (2021, Alg. 2 predictor + Alg. 4 corrector) on the VE
 SDE: per step, `correct_steps` Langevin corrections at sigma(t_i), then one reverse-diffusion
@@ -21,6 +22,9 @@ import warnings
 import numpy as np
 import torch
 
+import hub
+from sde_lib import randn as _randn  # diffusers' randn_tensor: a list of B generators, one per row
+
 _CONFIG_NAME = 'scheduler_config.json'
 
 
@@ -30,28 +34,6 @@ def _diffusers_format_version():
     return importlib.metadata.version('diffusers')
   except importlib.metadata.PackageNotFoundError:
     return '0.42.1'
-
-
-def _randn(shape, generator=None, device=None, dtype=None):
-  """N(0, I) of `shape` on `device`, drawn like diffusers' `randn_tensor`.
-
-  The draw happens on the generator's device (or `device` without one) and is then moved, so a
-  CPU generator gives the same numbers whatever device the sampler runs on. A list of B
-  generators draws example b from generator b.
-  """
-  device = torch.device('cpu') if device is None else torch.device(device)
-  if isinstance(generator, (list, tuple)):
-    if len(generator) != shape[0]:
-      raise ValueError(f'Got {len(generator)} generators for a batch of {shape[0]}: pass one '
-                       'generator, or one per example.')
-    if len(generator) == 1:
-      generator = generator[0]
-    else:
-      draws = [torch.randn((1,) + tuple(shape[1:]), generator=g, device=g.device, dtype=dtype)
-               for g in generator]
-      return torch.cat(draws).to(device)
-  rand_device = generator.device if generator is not None else device
-  return torch.randn(tuple(shape), generator=generator, device=rand_device, dtype=dtype).to(device)
 
 
 class FrozenConfig(dict):
@@ -141,8 +123,10 @@ class ScoreSdeVeScheduler:
     return cls(**{k: v for k, v in values.items() if k in known})
 
   @classmethod
-  def from_pretrained(cls, folder, subfolder=None, **overrides):
-    """Read `folder[/subfolder]/scheduler_config.json` (a diffusers scheduler folder)."""
+  def from_pretrained(cls, folder, subfolder=None, revision=None, cache_dir=None, **overrides):
+    """Read `folder[/subfolder]/scheduler_config.json` (a diffusers scheduler folder); `folder`
+    may be a hub id such as 'google/ncsnpp-celebahq-256' (see `hub.resolve_folder`)."""
+    folder = _resolve(folder, revision, cache_dir, weights=False)
     path = os.path.join(folder, subfolder or '', _CONFIG_NAME)
     if not os.path.isfile(path):
       raise FileNotFoundError(f'No {_CONFIG_NAME} at {path}: not a diffusers scheduler folder.')
@@ -295,10 +279,15 @@ class ScoreSdeVePipeline:
 
   # --- loading and saving (diffusers folders; see diffusers_convert.py) ------------------------
   @classmethod
-  def from_pretrained(cls, folder, device='cpu', **scheduler_overrides):
+  def from_pretrained(cls, folder, device='cpu', revision=None, cache_dir=None,
+                      **scheduler_overrides):
     """Load a diffusers ScoreSdeVe pipeline folder (model_index.json, unet/, scheduler/) into our
-    NCSN++ and scheduler. `scheduler_overrides` (e.g. snr=0.16) replace scheduler config values."""
+    NCSN++ and scheduler. `folder` may be a hub id such as 'google/ncsnpp-celebahq-256': it is
+    fetched into huggingface_hub's cache (`revision`, `cache_dir`), or read from there under
+    HF_HUB_OFFLINE=1 (see `hub.resolve_folder`). `scheduler_overrides` (e.g. snr=0.16) replace
+    scheduler config values."""
     import diffusers_convert
+    folder = _resolve(folder, revision, cache_dir, weights=True)
     model, scheduler = diffusers_convert.load_pipeline_folder(folder, device=device,
                                                               **scheduler_overrides)
     return cls(model, scheduler)
@@ -388,6 +377,14 @@ class ScoreSdeVePipeline:
     if not return_dict:
       return (images,)
     return ImagePipelineOutput(images=images)
+
+
+def _resolve(folder, revision, cache_dir, weights):
+  """A hub id ('org/name' that is no local folder) -> its folder in the huggingface_hub cache;
+  anything else is returned as given (the loaders then say what is missing)."""
+  if os.path.isdir(folder) or not hub.looks_like_hub_id(folder):
+    return folder
+  return hub.resolve_folder(folder, revision=revision, cache_dir=cache_dir, weights=weights)
 
 
 def _lookup(config, *names):

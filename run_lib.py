@@ -8,9 +8,10 @@ A workdir holds
                                  training.snapshot_freq_for_preemption steps and at the end
   samples/iter_S/sample.{png,np} EMA samples at each snapshot (uint8 NHWC in sample.np)
 
-Checkpoints hold model, optimizer, EMA, step and 'rng' (per-rank torch / CUDA / numpy / Python
-RNG states and the loss-noise generator), and the data stream restarts at the batch it stopped
-at, so a resumed run continues exactly as if it had not stopped. Writes are atomic
+Checkpoints hold model, optimizer, EMA, step, 'rng' (per-rank torch / CUDA / numpy / Python
+RNG states and the loss-noise generator) and, for fp16 training, 'grad_scaler' (the loss scale),
+and the data stream restarts at the batch it stopped at, so a resumed run continues exactly as if
+it had not stopped, in every config.training.precision. Writes are atomic
 (utils.save_checkpoint), so a run killed mid-write resumes from the previous checkpoint.
 
 Multi-GPU: under `torchrun --nproc_per_node=N` (WORLD_SIZE set) training uses
@@ -32,6 +33,7 @@ import torch.distributed as dist
 
 import datasets
 import losses
+import precision as precision_lib
 import sde_lib
 from models import utils as mutils
 from models.ema import ExponentialMovingAverage
@@ -39,10 +41,20 @@ from utils import restore_checkpoint, save_checkpoint
 
 # Config entries that may change between a run and its resumption (they do not change the
 # weights a step produces). Any other difference makes `train` refuse the workdir.
+# training.compile / compile_mode / cudnn_benchmark change how kernels are scheduled, not the
+# math: like 'device' or the thread count they can move the last bits of float32 rounding, and a
+# run may resume on a machine without a compiler or GPU. training.precision, tf32,
+# model.channels_last and optim.adam_impl change the numbers of every step (rounding at 1e-3 for
+# bf16, other convolution algorithms) and are fixed for a run.
 RESUMABLE_CHANGES = ('training.n_iters', 'training.log_freq', 'training.eval_freq',
                      'training.snapshot_freq', 'training.snapshot_freq_for_preemption',
-                     'training.snapshot_sampling', 'eval.', 'sampling.', 'device', 'data.root',
-                     'data.download', 'data.num_workers', 'classifier.')
+                     'training.snapshot_sampling', 'training.compile', 'training.compile_mode',
+                     'training.cudnn_benchmark', 'eval.', 'sampling.', 'device', 'data.root',
+                     'data.download', 'data.num_workers', 'classifier.', 'sample.')
+# Keys added to the defaults after runs were written, with the value those runs had in effect:
+# a config.json without one reads as holding that value, so such runs still resume.
+ADDED_KEYS = {'training.precision': 'fp32', 'training.tf32': None, 'model.channels_last': False,
+              'optim.adam_impl': 'default'}
 
 
 def evaluate(config, workdir, eval_folder='eval'):
@@ -141,7 +153,7 @@ def check_and_save_config(config, workdir):
   current = _jsonable(config.to_dict())
   if os.path.exists(path):
     with open(path) as f:
-      saved = _flatten(json.load(f))
+      saved = dict(ADDED_KEYS, **_flatten(json.load(f)))
     now = _flatten(current)
     differ = sorted(k for k in set(saved) | set(now)
                     if saved.get(k, '<absent>') != now.get(k, '<absent>')
@@ -205,15 +217,18 @@ def build_state(config):
   return dict(optimizer=optimizer, model=model, ema=ema, step=0)
 
 
-def save(path, state, noise_generator, config, rank, world):
-  """Checkpoint `state` with every rank's RNG states (collective; rank 0 writes)."""
+def save(path, state, noise_generator, config, rank, world, grad_scaler=None):
+  """Checkpoint `state` with every rank's RNG states and the fp16 gradient scaler's state
+  ('grad_scaler': scale and growth tracker) (collective; rank 0 writes)."""
   rng = _gather_rng(noise_generator, config.device, world)
+  extra = {} if grad_scaler is None else {'grad_scaler': grad_scaler.state_dict()}
   if rank == 0:
-    save_checkpoint(path, dict(state, rng=rng))
+    save_checkpoint(path, dict(state, rng=rng, **extra))
 
 
-def resume(path, state, noise_generator, config, rank, world):
-  """Restore the resume checkpoint at `path` into `state`, if there is one. Returns its step.
+def resume(path, state, noise_generator, config, rank, world, grad_scaler=None):
+  """Restore the resume checkpoint at `path` into `state` (and `grad_scaler`), if there is one.
+  Returns its step.
 
   Resumed with as many processes as it was saved with, every RNG continues exactly. With another
   number, the weights, optimizer, data position and loss noise (drawn alike on every rank) still
@@ -222,6 +237,9 @@ def resume(path, state, noise_generator, config, rank, world):
   if not os.path.exists(path):
     return 0
   restore_checkpoint(path, state, config.device)
+  scaler_state = state.pop('grad_scaler', None)
+  if grad_scaler is not None and scaler_state:
+    grad_scaler.load_state_dict(scaler_state)
   rng = state.pop('rng', None)
   state['step'] = int(state['step'])
   try:
@@ -244,13 +262,15 @@ def build_data(config, initial_step):
   return train_ds.iterate(initial_step), eval_ds.iterate(evaluations_done)
 
 
-def build_step_fns(config, sde, noise_generator, shard=None):
-  """Training and evaluation `losses.StepFn`s for `config.training` and `config.optim`."""
+def build_step_fns(config, sde, noise_generator, shard=None, grad_scaler=None):
+  """Training and evaluation `losses.StepFn`s for `config.training` and `config.optim`, in
+  config.training.precision (fp16 training takes `grad_scaler`)."""
   tc = config.training
   kwargs = dict(reduce_mean=tc.reduce_mean, continuous=tc.continuous,
-                likelihood_weighting=tc.likelihood_weighting, generator=noise_generator, shard=shard)
+                likelihood_weighting=tc.likelihood_weighting, generator=noise_generator, shard=shard,
+                precision=tc.get('precision', 'fp32'))
   train_step = losses.get_step_fn(sde, train=True, optimize_fn=losses.optimization_manager(config),
-                                  **kwargs)
+                                  scaler=grad_scaler, **kwargs)
   return train_step, losses.get_step_fn(sde, train=False, **kwargs)
 
 
@@ -278,15 +298,23 @@ def save_samples(sampler, model, ema, sample_dir, step, config, rank, world):
   RNG streams are left untouched.
   """
   from torchvision.utils import make_grid, save_image
+  if rank == 0:
+    logging.info('step %d: drawing %d samples with the EMA weights (%r sampler) for %s', step,
+                 config.training.batch_size, config.sampling.method,
+                 os.path.join(sample_dir, f'iter_{step}'))
+  start = time.perf_counter()
   devices = [config.device] if config.device.type == 'cuda' else []
   with torch.random.fork_rng(devices=devices):
     torch.manual_seed(config.seed * 7919 + step * 101 + rank)
     ema.store(model.parameters())
     ema.copy_to(model.parameters())
     try:
-      samples, _ = sampler(model)
+      samples, nfe = sampler(model)
     finally:
       ema.restore(model.parameters())
+  if rank == 0:
+    logging.info('step %d: samples drawn (%d evaluations, %.1f s)', step, nfe,
+                 time.perf_counter() - start)
   samples = samples.detach()
   if world > 1:
     parts = [torch.empty_like(samples) for _ in range(world)]
@@ -303,12 +331,22 @@ def save_samples(sampler, model, ema, sample_dir, step, config, rank, world):
     np.save(f, (samples.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8))
 
 
-def _check_finite(loss, step, what, meta_path):
-  if not math.isfinite(loss):
-    raise FloatingPointError(
-      f'The {what} is {loss} at step {step}: training stopped. Nothing was saved after this step; '
-      f'the last good resume checkpoint is {meta_path} (and checkpoints/). Lower optim.lr or '
-      'optim.grad_clip, check the data scaling (data.centered), then resume.')
+def _check_finite(losses, first_step, what, meta_path, read_every=1):
+  """Raise FloatingPointError at the first non-finite value of `losses` (of steps first_step,
+  first_step + 1, ...; floats, or 0-d tensors read with one host synchronisation). Returns the
+  last value, as a float."""
+  values = torch.stack(losses).tolist() if torch.is_tensor(losses[0]) else list(losses)
+  for i, value in enumerate(values):
+    if not math.isfinite(value):
+      found = (f' (training losses are read every training.log_freq = {read_every} steps and '
+               f'before each checkpoint: it was found at step {first_step + len(values) - 1})'
+               if read_every > 1 else '')
+      raise FloatingPointError(
+        f'The {what} is {value} at step {first_step + i}{found}: training stopped. Nothing was '
+        f'saved after that step; the last good resume checkpoint is {meta_path} (and '
+        'checkpoints/). Lower optim.lr or optim.grad_clip, check the data scaling '
+        '(data.centered), then resume.')
+  return values[-1]
 
 
 def _log_to_file(workdir):
@@ -359,17 +397,21 @@ def _train(config, workdir, rank, world):
   state = build_state(config)
   seed_everything(config.seed + rank)
   noise_generator = torch.Generator(device=config.device).manual_seed(config.seed)
-  initial_step = resume(meta_path, state, noise_generator, config, rank, world)
+  tc = config.training
+  grad_scaler = precision_lib.grad_scaler(tc.get('precision', 'fp32'), config.device.type)
+  precision_lib.configure_backends(config.device, tc.get('cudnn_benchmark'), tc.get('tf32'))
+  initial_step = resume(meta_path, state, noise_generator, config, rank, world, grad_scaler)
   model = state['model']
+  state['model'] = precision_lib.training_model(config, model)  # compiled if training.compile
   if world > 1:
     state['model'] = torch.nn.parallel.DistributedDataParallel(
-      model, device_ids=[config.device.index] if config.device.type == 'cuda' else None)
+      state['model'], device_ids=[config.device.index] if config.device.type == 'cuda' else None)
 
-  tc = config.training
   train_iter, eval_iter = build_data(config, initial_step)
   scaler = datasets.get_data_scaler(config)
   sde, sampling_eps = sde_lib.get_sde(config)
-  train_step, eval_step = build_step_fns(config, sde, noise_generator, shard=(rank, world) if world > 1 else None)
+  train_step, eval_step = build_step_fns(config, sde, noise_generator, grad_scaler=grad_scaler,
+                                         shard=(rank, world) if world > 1 else None)
   eval_state = dict(state, model=model)  # evaluation bypasses DDP's gradient hooks
   sampler = None
   if tc.snapshot_sampling:
@@ -390,38 +432,47 @@ def _train(config, workdir, rank, world):
                  'es' if world > 1 else '')
 
   last_time, last_step = time.time(), initial_step
+  pending = []  # training losses (0-d tensors) not read yet: steps do not wait for the device
   for step in range(initial_step, tc.n_iters + 1):
     batch = scaler(_to_device(next(train_iter), config))
-    loss = _global_mean(train_step(state, batch), world).item()
-    _check_finite(loss, step, 'training loss', meta_path)
-
+    pending.append(_global_mean(train_step(state, batch), world))
+    snapshot = (step != 0 and step % tc.snapshot_freq == 0) or step == tc.n_iters
+    preemption = (step != 0 and step % tc.snapshot_freq_for_preemption == 0) or step == tc.n_iters
     if main_process:
       progress.update(1)
-      if step % tc.log_freq == 0:
+
+    # The losses are read at log steps and before every checkpoint (so none holds weights trained
+    # past a non-finite loss), with one host synchronisation for all of them.
+    if step % tc.log_freq == 0 or snapshot or preemption:
+      loss = _check_finite(pending, step - len(pending) + 1, 'training loss', meta_path,
+                           tc.log_freq)
+      pending = []
+      if main_process and step % tc.log_freq == 0:
         now = time.time()
         rate = (step - last_step) / max(now - last_time, 1e-9) if step > last_step else 0.
         last_time, last_step = now, step
         lr = state['optimizer'].param_groups[0]['lr']
         logging.info('step: %d, training_loss: %.5e', step, loss)
+        fp16 = {} if grad_scaler is None else {'grad_scale': grad_scaler.get_scale()}
         log_scalars(writer, step, training_loss=loss, lr=lr,
-                    grad_norm=float(train_step.grad_norm), steps_per_sec=rate)
+                    grad_norm=float(train_step.grad_norm), steps_per_sec=rate, **fp16)
         progress.set_postfix(loss=f'{loss:.4g}')
 
     if step % tc.eval_freq == 0:
       value = eval_loss(eval_step, eval_state, eval_iter, scaler, config, world)
-      _check_finite(value, step, 'evaluation loss', meta_path)
+      _check_finite([value], step, 'evaluation loss', meta_path)
       if main_process:
         logging.info('step: %d, eval_loss: %.5e', step, value)
         log_scalars(writer, step, eval_loss=value)
 
-    if (step != 0 and step % tc.snapshot_freq == 0) or step == tc.n_iters:
+    if snapshot:
       save(os.path.join(ckpt_dir, f'checkpoint_{step // tc.snapshot_freq}.pth'), state,
-           noise_generator, config, rank, world)
+           noise_generator, config, rank, world, grad_scaler)
       if sampler is not None:
         save_samples(sampler, model, state['ema'], sample_dir, step, config, rank, world)
 
-    if (step != 0 and step % tc.snapshot_freq_for_preemption == 0) or step == tc.n_iters:
-      save(meta_path, state, noise_generator, config, rank, world)
+    if preemption:
+      save(meta_path, state, noise_generator, config, rank, world, grad_scaler)
 
   if main_process:
     progress.close()

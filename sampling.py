@@ -24,6 +24,7 @@ import tqdm
 
 import fast_sampling
 import ode_solvers
+import precision as precision_lib
 import sde_lib
 from models import utils as mutils
 from models.utils import default_device
@@ -54,7 +55,8 @@ def _timestep(sde, t):
 
 
 class _Noise:
-  """Standard normal noise like x, from `generator` (None: torch's global generator).
+  """Standard normal noise like x, from `generator`: None (torch's global generator), one
+  torch.Generator, or a list of B of them, row b drawn from generator b (`sde_lib.randn`).
 
   The noise is drawn on the generator's device and moved to x's: pass a generator on x's device
   to avoid a copy per step.
@@ -63,9 +65,7 @@ class _Noise:
   generator = None
 
   def noise_like(self, x):
-    g = self.generator
-    return torch.randn(x.shape, generator=g, device=x.device if g is None else g.device,
-                       dtype=x.dtype).to(x.device)
+    return sde_lib.randn(x.shape, self.generator, device=x.device, dtype=x.dtype)
 
 
 class Predictor(_Noise, abc.ABC):
@@ -75,7 +75,8 @@ class Predictor(_Noise, abc.ABC):
     sde: the forward `sde_lib.SDE`.
     score_fn: (x, t) -> score, e.g. from `models.utils.get_score_fn`.
     probability_flow: step the probability-flow ODE instead of the reverse SDE.
-    generator: optional torch.Generator for the noise (keyword only).
+    generator: optional torch.Generator, or a list of one per example, for the noise (keyword
+      only).
   """
 
   def __init__(self, sde, score_fn, probability_flow=False, *, generator=None):
@@ -99,7 +100,8 @@ class Corrector(_Noise, abc.ABC):
     score_fn: (x, t) -> score.
     snr: signal-to-noise ratio r that sets the step size (Alg. 4-5).
     n_steps: MCMC steps per call.
-    generator: optional torch.Generator for the noise (keyword only).
+    generator: optional torch.Generator, or a list of one per example, for the noise (keyword
+      only).
   """
 
   def __init__(self, sde, score_fn, snr, n_steps, *, generator=None):
@@ -221,15 +223,23 @@ class _LangevinBase(Corrector):
 
 @register_corrector(name='langevin')
 class LangevinCorrector(_LangevinBase):
-  """Langevin MCMC (Alg. 4-5): step eps = 2 alpha (r |z| / |s|)^2, norms averaged over the batch."""
+  """Langevin MCMC (Alg. 4-5): step eps = 2 alpha (r |z| / |s|)^2.
+
+  With one generator (or none) |z| and |s| are averaged over the batch, as in the reference, so
+  each example's step depends on its batch-mates. With a list of per-example generators each
+  example gets its own step from its own norms, so that it depends only on its own seed.
+  """
 
   def update_fn(self, x, t):
     alpha = self._alpha(t)
+    per_example = isinstance(self.generator, (list, tuple))
     for _ in range(self.n_steps):
       grad = self.score_fn(x, t)
       noise = self.noise_like(x)
-      grad_norm = torch.linalg.vector_norm(grad.reshape(grad.shape[0], -1), dim=-1).mean()
-      noise_norm = torch.linalg.vector_norm(noise.reshape(noise.shape[0], -1), dim=-1).mean()
+      grad_norm = torch.linalg.vector_norm(grad.reshape(grad.shape[0], -1), dim=-1)
+      noise_norm = torch.linalg.vector_norm(noise.reshape(noise.shape[0], -1), dim=-1)
+      if not per_example:
+        grad_norm, noise_norm = grad_norm.mean(), noise_norm.mean()
       step_size = (self.snr * noise_norm / grad_norm) ** 2 * 2 * alpha
       x_mean = x + bcast(step_size, x) * grad
       x = x_mean + bcast(torch.sqrt(step_size * 2), x) * noise
@@ -277,8 +287,7 @@ class _CountingScore:
 
 def _prior(sde, shape, device, generator):
   # Drawn where the generator lives (the CPU by default, as the reference) and then moved.
-  return sde.prior_sampling(shape, generator=generator,
-                            device=None if generator is None else generator.device).to(device)
+  return sde.prior_sampling(shape, generator=generator).to(device)
 
 
 def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_steps=1,
@@ -301,7 +310,9 @@ def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_step
     device: where to sample (default CUDA if available, else CPU).
     progress: show a tqdm progress bar.
   Returns:
-    pc_sampler(model, generator=None) -> (samples (B, C, H, W), nfe).
+    pc_sampler(model, generator=None) -> (samples (B, C, H, W), nfe). `generator`: a
+    torch.Generator, or a list of B of them (example b's noise from generator b; see
+    `LangevinCorrector` for its step size then).
   """
   predictor = NonePredictor if predictor is None else predictor
   corrector = NoneCorrector if corrector is None else corrector
@@ -342,7 +353,9 @@ def get_ode_sampler(sde, shape, inverse_scaler, denoise=False, rtol=1e-5, atol=1
     progress: print the time reached every evaluation through a tqdm bar.
   Returns:
     ode_sampler(model, z=None, generator=None) -> (samples, nfe). Without z, x(T) is drawn from
-    the prior; with z (e.g. from `likelihood_fn`), z is decoded.
+    the prior (`generator`: one, or a list of B, as in `get_pc_sampler`); with z (e.g. from
+    `likelihood_fn`), z is decoded. The adaptive methods choose one step sequence for the whole
+    batch, so an example's result moves with its batch-mates within the tolerances.
   """
   ode_solvers.check_method(method)
   device = default_device() if device is None else device
@@ -383,7 +396,8 @@ def _ode_from_config(config, sde, shape, inverse_scaler, eps):
   return get_ode_sampler(sde, shape, inverse_scaler, denoise=sampling.noise_removal,
                          rtol=sampling.get('ode_rtol', 1e-5), atol=sampling.get('ode_atol', 1e-5),
                          method=sampling.get('ode_method', 'RK45'), eps=eps, device=config.device,
-                         num_steps=sampling.get('ode_num_steps', 100))
+                         num_steps=sampling.get('ode_num_steps', 100),
+                         progress=sampling.get('progress', False))
 
 
 @register_sampler(name='pc')
@@ -394,7 +408,7 @@ def _pc_from_config(config, sde, shape, inverse_scaler, eps):
                         snr=sampling.snr, n_steps=sampling.n_steps_each,
                         probability_flow=sampling.probability_flow,
                         continuous=config.training.continuous, denoise=sampling.noise_removal,
-                        eps=eps, device=config.device)
+                        eps=eps, device=config.device, progress=sampling.get('progress', False))
 
 
 # Few-step ODE samplers (fast_sampling.py): EDM's Heun and DPM-Solver.
@@ -402,10 +416,21 @@ register_sampler(fast_sampling.heun_from_config, name='heun')
 register_sampler(fast_sampling.dpm_solver_from_config, name='dpm_solver')
 
 
-def get_sampling_fn(config, sde, shape, inverse_scaler, eps):
+def get_sampling_fn(config, sde, shape, inverse_scaler, eps, precision=None):
   """Build the sampler named by `config.sampling.method`: 'pc', 'ode', 'heun', 'dpm_solver'.
 
   Optional config.sampling keys of the ODE sampler: ode_method ('RK45'), ode_rtol, ode_atol
-  (1e-5), ode_num_steps (100). Returns sampler(model, ...) -> (samples, nfe).
+  (1e-5), ode_num_steps (100). The network runs in `precision` (default
+  config.sampling.precision: 'fp32' | 'bf16' | 'fp16'), compiled if config.sampling.compile;
+  the sampler's state and the SDE arithmetic stay float32 (`precision.sampling_model_fn`).
+  Returns sampler(model, ...) -> (samples, nfe).
   """
-  return SAMPLERS.get(config.sampling.method.lower())(config, sde, shape, inverse_scaler, eps)
+  sampler = SAMPLERS.get(config.sampling.method.lower())(config, sde, shape, inverse_scaler, eps)
+  prepare = precision_lib.sampling_model_fn(config, precision)
+  if prepare is None:
+    return sampler
+
+  def prepared_sampler(model, *args, **kwargs):
+    return sampler(prepare(model), *args, **kwargs)
+
+  return prepared_sampler

@@ -29,6 +29,36 @@ def bcast(v, x):
   return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
 
 
+def randn(shape, generator=None, device=None, dtype=None):
+  """Standard normal noise of `shape`, drawn where its generator lives and moved to `device`.
+
+  Args:
+    shape: (B, ...).
+    generator: None (torch's global generator, drawing on `device`), a torch.Generator, or a
+      list of B generators: row b then comes from generator b alone, so it does not depend on
+      the batch it is drawn in (per-image seeds, as EDM's `--seeds`).
+    device: where the result goes; default the generator's device (the first one's), else the CPU.
+    dtype: default torch's.
+  Returns:
+    A tensor of `shape`. One generator gives the numbers of torch.randn(shape, generator=g).
+  """
+  if isinstance(generator, (list, tuple)):
+    if len(generator) != shape[0]:
+      raise ValueError(f'Got {len(generator)} generators for a batch of {shape[0]}: pass one '
+                       'generator, or one per example.')
+    if len(generator) == 1:
+      generator = generator[0]
+    else:
+      device = generator[0].device if device is None else device
+      rows = [torch.randn((1,) + tuple(shape[1:]), generator=g, device=g.device, dtype=dtype)
+              for g in generator]
+      return torch.cat(rows).to(device)
+  if generator is None:
+    return torch.randn(tuple(shape), device=device, dtype=dtype)
+  noise = torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=dtype)
+  return noise if device is None else noise.to(device)
+
+
 def _exp(v):
   """exp of a tensor or of a Python number (the scalar-time path)."""
   return torch.exp(v) if torch.is_tensor(v) else math.exp(v)
@@ -71,7 +101,8 @@ class SDE(abc.ABC):
 
   @abc.abstractmethod
   def prior_sampling(self, shape, generator=None, device=None):
-    """Draw a batch of shape `shape` from the prior p_T."""
+    """Draw a batch of shape `shape` from the prior p_T; `generator` and `device` as in `randn`
+    (a list of B generators draws row b from generator b)."""
 
   @abc.abstractmethod
   def prior_logp(self, z):
@@ -191,7 +222,7 @@ class _LinearBetaSDE(SDE):
     return (torch.sqrt(self.beta_0 ** 2 + 4 * d * L) - self.beta_0) / d
 
   def prior_sampling(self, shape, generator=None, device=None):
-    return torch.randn(*shape, generator=generator, device=device)
+    return randn(shape, generator, device)
 
   def prior_logp(self, z):
     return _standard_normal_logp(z)
@@ -314,7 +345,7 @@ class VESDE(SDE):
     return x, self._sigma(t)
 
   def prior_sampling(self, shape, generator=None, device=None):
-    return torch.randn(*shape, generator=generator, device=device) * self.sigma_max
+    return randn(shape, generator, device) * self.sigma_max
 
   def prior_logp(self, z):
     return _standard_normal_logp(z, var=self.sigma_max ** 2)

@@ -34,6 +34,29 @@ def _numpy_scalar_globals():
   return allowed
 
 
+def _contiguous(tree):
+  """Tensors of `tree` (dicts, lists) in the standard contiguous layout: a channels_last model's
+  weights are saved with the strides every reader expects."""
+  if torch.is_tensor(tree):
+    return tree.contiguous()
+  if isinstance(tree, dict):
+    return {k: _contiguous(v) for k, v in tree.items()}
+  if isinstance(tree, (list, tuple)):
+    return type(tree)(_contiguous(v) for v in tree)
+  return tree
+
+
+def _portable_optimizer_state(optimizer):
+  """optimizer.state_dict() with contiguous tensors and torch's default `foreach` / `fused`
+  choice: which Adam implementation ran is a run option (config.optim.adam_impl; a restore keeps
+  the optimizer's own), not state, and a file saying fused=True would not load where fused Adam
+  is not supported."""
+  state_dict = optimizer.state_dict()
+  groups = [dict(g, **{k: None for k in ('foreach', 'fused') if k in g})
+            for g in state_dict['param_groups']]
+  return dict(state_dict, state=_contiguous(state_dict['state']), param_groups=groups)
+
+
 def save_checkpoint(path, state):
   """Write `state` to `path` atomically (a temporary file in the same folder, then a rename).
 
@@ -43,9 +66,9 @@ def save_checkpoint(path, state):
   path.parent.mkdir(parents=True, exist_ok=True)
   model_sd = unwrap(state['model']).state_dict()
   saved = {k: v for k, v in state.items() if k not in ('optimizer', 'model', 'ema')}
-  saved.update(optimizer=state['optimizer'].state_dict(),
-               model={_PREFIX + k: v for k, v in model_sd.items()},
-               ema=state['ema'].state_dict())
+  saved.update(optimizer=_portable_optimizer_state(state['optimizer']),
+               model={_PREFIX + k: _contiguous(v) for k, v in model_sd.items()},
+               ema=_contiguous(state['ema'].state_dict()))
   fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
   try:
     with os.fdopen(fd, 'wb') as f:
@@ -126,6 +149,23 @@ def check_state_dict_matches(model, state_dict, source='checkpoint'):
   raise ValueError('\n'.join(lines))
 
 
+def _load_optimizer_state(optimizer, state_dict):
+  """optimizer.load_state_dict, keeping the optimizer's own `foreach` / `fused` choice (torch
+  would take the file's; it is config.optim.adam_impl's to decide), with each 'step' count where
+  that implementation reads it without a host synchronisation: on the parameter's device for
+  fused or capturable Adam, else on the CPU (a count loaded onto a GPU costs one .item() per
+  parameter and step)."""
+  own = [{k: g[k] for k in ('foreach', 'fused') if k in g} for g in optimizer.param_groups]
+  optimizer.load_state_dict(state_dict)
+  for group, flags in zip(optimizer.param_groups, own):
+    group.update(flags)
+    on_device = bool(group.get('fused')) or bool(group.get('capturable'))
+    for p in group['params']:
+      step = optimizer.state.get(p, {}).get('step')
+      if torch.is_tensor(step):
+        optimizer.state[p]['step'] = step.to(p.device if on_device else 'cpu')
+
+
 def restore_checkpoint(ckpt_path, state, device, trusted=False):
   """Load a checkpoint into `state` in place (strictly) and return it.
 
@@ -148,7 +188,7 @@ def restore_checkpoint(ckpt_path, state, device, trusted=False):
   state['ema'].load_state_dict(loaded['ema'])
   if state.get('optimizer') is not None and 'optimizer' in loaded:
     try:
-      state['optimizer'].load_state_dict(loaded['optimizer'])
+      _load_optimizer_state(state['optimizer'], loaded['optimizer'])
     except ValueError as e:
       raise ValueError(f'The optimizer state in {ckpt_path} does not fit this optimizer ({e}). '
                        'Was config.optim changed?') from e

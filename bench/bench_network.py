@@ -1,15 +1,19 @@
 """Score-network speed at full size: eval forward of the score function, and one forward +
-backward of the denoising score-matching loss, on CPU.
+backward of the denoising score-matching loss; images/s, peak memory, achieved FLOP/s and its
+fraction of the device's dense peak (bench/report.py's PEAK_TFLOPS).
 
     python bench/bench_network.py                    # both CIFAR-10 configs, batch 8, 2 threads
     python bench/bench_network.py --reference        # also time score_sde_pytorch (/work/ref)
     python bench/bench_network.py --repeats 3 --configs ve/cifar10_ncsnpp_continuous
     python bench/bench_network.py --bf16             # also ours under bf16 autocast, channels_last
+    python bench/bench_network.py --device cuda --batch 128 --precision bf16 --channels-last --compile
 
 The reference on this kind of machine (/work/shared/measurements.md): forward 0.89-1.27 s
 (NCSN++ cont.) and 0.69-1.04 s (DDPM++ cont.); a whole training step 4.5-4.9 s and 3.0-3.2 s.
 With --reference, the reference runs in a subprocess (its `models` package shadows ours) on the
-same config, weights and inputs, so the ratio is measured side by side. Reports medians over
+same config, weights and inputs, so the ratio is measured side by side. Both keep freed memory
+(precision.keep_freed_cpu_memory, as training does; --malloc-default for glibc's default, under
+which page faults took ~20 % of the digits network's forward pass). Reports medians over
 `--repeats` after one warm-up call; prints a table and writes bench/results/bench_network.json.
 """
 import argparse
@@ -23,17 +27,19 @@ import time
 
 import torch
 
-from report import RESULTS, ROOT, write_json
+from report import (RESULTS, ROOT, add_speed_args, count_flops, device_name, median_seconds,
+                    peak_memory_gb, print_table, reset_peak_memory, speed_columns, throughput,
+                    write_json)
 
 REFERENCE = pathlib.Path('/work/ref')
 CONFIGS = ('ve/cifar10_ncsnpp_continuous', 'vp/cifar10_ddpmpp_continuous')
 
 
-def _load_config(name):
+def _load_config(name, device='cpu'):
   sys.path.insert(0, str(ROOT))
   from configs import load_config
   config = load_config(name)
-  config.device = torch.device('cpu')
+  config.device = torch.device(device)
   return config
 
 
@@ -55,28 +61,21 @@ def _import_implementation(impl):
   return mutils, sde_lib
 
 
-def _median_seconds(fn, repeats):
-  fn()  # warm-up: oneDNN primitive creation, allocator
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times), times
+def time_network(impl, config_name, batch, repeats, precision='fp32', channels_last=False,
+                 compile=False, device='cpu', peak=None):
+  """Seconds (median) of the eval score function and of a DSM loss forward + backward, with
+  images/s, FLOP/s and peak memory of the forward pass.
 
-
-def time_network(impl, config_name, batch, repeats, bf16=False):
-  """Seconds (median) of the eval score function and of a DSM loss forward + backward.
-
-  With `bf16`, runs under CPU bf16 autocast with channels_last weights and inputs (outputs move
-  by ~5e-3 relative; not the default anywhere).
+  `precision` runs the network under autocast (bf16 moves the outputs by ~1e-2 relative, see
+  tests/test_precision.py), `channels_last` converts weights and inputs, `compile` wraps the
+  network in torch.compile; the reference runs as it is (fp32, CPU).
   """
-  config = _load_config(config_name)
+  config = _load_config(config_name, device)
   mutils, sde_lib = _import_implementation(impl)
   if impl == 'reference':
     config.data.channels = config.data.num_channels  # the reference reads this missing key
   torch.manual_seed(0)
-  model = mutils.get_model(config.model.name)(config)
+  model = mutils.get_model(config.model.name)(config).to(config.device)
   n_params = sum(p.numel() for p in model.parameters())
   sde = (sde_lib.VESDE(config.model.sigma_min, config.model.sigma_max, config.model.num_scales)
          if config.training.sde == 'vesde'
@@ -88,16 +87,24 @@ def time_network(impl, config_name, batch, repeats, bf16=False):
     x0 = 2 * x0 - 1
   t = torch.rand(batch, generator=g) * (1 - 1e-3) + 1e-3
   z = torch.randn(x0.shape, generator=g)
+  x0, t, z = (v.to(config.device) for v in (x0, t, z))
   mean, std = sde.marginal_prob(x0, t)
   std = std[:, None, None, None]
   xt = mean + std * z
 
-  if bf16:
+  if channels_last:
     model = model.to(memory_format=torch.channels_last)
     xt = xt.contiguous(memory_format=torch.channels_last)
-  autocast = torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16)
-  eval_score = mutils.get_score_fn(sde, model, train=False, continuous=True)
-  train_score = mutils.get_score_fn(sde, model, train=True, continuous=True)
+  network = model
+  if impl == 'ours':
+    import precision as precision_lib
+    autocast = precision_lib.autocast(precision, config.device.type)
+    network = precision_lib.CompiledModel(model) if compile else model
+  else:
+    import contextlib
+    autocast = contextlib.nullcontext()
+  eval_score = mutils.get_score_fn(sde, network, train=False, continuous=True)
+  train_score = mutils.get_score_fn(sde, network, train=True, continuous=True)
 
   def forward():
     with torch.no_grad(), autocast:
@@ -109,18 +116,26 @@ def time_network(impl, config_name, batch, repeats, bf16=False):
       loss = torch.square(train_score(xt, t) * std + z).mean()
     loss.backward()
 
-  fwd, fwd_all = _median_seconds(forward, repeats)
-  train, train_all = _median_seconds(forward_backward, repeats)
-  return {'impl': impl + ('-bf16' if bf16 else ''), 'config': config_name, 'batch': batch, 'params': n_params,
-          'forward_s': fwd, 'forward_all_s': fwd_all,
-          'forward_backward_s': train, 'forward_backward_all_s': train_all}
+  warmup = 2 if compile else 1
+  flops = count_flops(lambda: mutils.get_score_fn(sde, model, continuous=True)(xt, t))
+  reset_peak_memory(config.device)
+  fwd, fwd_all = median_seconds(forward, repeats, config.device, warmup)
+  memory = peak_memory_gb(config.device)
+  train, train_all = median_seconds(forward_backward, repeats, config.device, warmup)
+  name = (impl + (f'-{precision}' if precision != 'fp32' else '')
+          + ('-nhwc' if channels_last else '') + ('-compiled' if compile else ''))
+  return {'impl': name, 'config': config_name, 'batch': batch, 'params': n_params,
+          'device': device_name(config.device), 'precision': precision,
+          'channels_last': channels_last, 'compile': compile,
+          'forward_s': fwd, 'forward_all_s': fwd_all, 'forward_flops': flops,
+          'forward_backward_s': train, 'forward_backward_all_s': train_all,
+          'forward_peak_memory_gb': memory,
+          **throughput(batch, fwd, flops, config.device, precision, peak)}
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--configs', nargs='+', default=list(CONFIGS))
-  parser.add_argument('--batch', type=int, default=8)
-  parser.add_argument('--threads', type=int, default=2)
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--reference', action='store_true',
                       help='also time score_sde_pytorch from /work/ref, in a subprocess')
@@ -129,44 +144,54 @@ def main():
   parser.add_argument('--impl', default='ours', choices=['ours', 'reference'],
                       help=argparse.SUPPRESS)  # used by the subprocess
   parser.add_argument('--out', default=str(RESULTS / 'bench_network.json'))
-  args = parser.parse_args()
+  parser.add_argument('--malloc-default', action='store_true',
+                      help="keep glibc's default of unmapping freed blocks (both implementations)")
+  args = add_speed_args(parser, batch=8).parse_args()
   torch.set_num_threads(args.threads)
+  if not args.malloc_default:  # the same allocator setting for ours and the reference
+    sys.path.append(str(ROOT))  # last: the reference's modules come first in its subprocess
+    import precision as precision_lib
+    precision_lib.keep_freed_cpu_memory()
+  options = dict(precision=args.precision, channels_last=args.channels_last,
+                 compile=args.compile, device=args.device, peak=args.peak_tflops)
 
   if args.impl == 'reference':  # subprocess mode: print one JSON line per config
     for name in args.configs:
       print(json.dumps(time_network('reference', name, args.batch, args.repeats)), flush=True)
     return
 
-  rows = []
+  rows, speedups = [], {}
   for name in args.configs:
-    rows.append(time_network('ours', name, args.batch, args.repeats))
+    ours = time_network('ours', name, args.batch, args.repeats, **options)
+    rows.append(ours)
     if args.bf16:
-      rows.append(time_network('ours', name, args.batch, args.repeats, bf16=True))
+      rows.append(time_network('ours', name, args.batch, args.repeats,
+                               **dict(options, precision='bf16', channels_last=True)))
     if args.reference:
       if not REFERENCE.exists():
         print(f'--reference: {REFERENCE} not found, skipping the reference', file=sys.stderr)
-      else:
-        cmd = [sys.executable, __file__, '--impl', 'reference', '--configs', name,
-               '--batch', str(args.batch), '--threads', str(args.threads),
-               '--repeats', str(args.repeats)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        rows.extend(json.loads(line) for line in out.splitlines() if line.startswith('{'))
+        continue
+      cmd = [sys.executable, __file__, '--impl', 'reference', '--configs', name,
+             '--batch', str(args.batch), '--threads', str(args.threads),
+             '--repeats', str(args.repeats)] + (['--malloc-default'] if args.malloc_default else [])
+      out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+      reference = [json.loads(line) for line in out.splitlines() if line.startswith('{')]
+      rows.extend(reference)
+      speedups[name] = {'forward': reference[0]['forward_s'] / ours['forward_s'],
+                        'forward_backward': reference[0]['forward_backward_s']
+                        / ours['forward_backward_s']}
 
   print(f'\nbatch {args.batch}, {args.threads} threads, median of {args.repeats} '
-        f'(torch {torch.__version__}, {platform.processor() or platform.machine()})')
-  print(f'{"config":32s} {"impl":10s} {"params":>11s} {"forward s":>10s} {"fwd+bwd s":>10s}')
-  for r in rows:
-    print(f'{r["config"]:32s} {r["impl"]:10s} {r["params"]:11,d} {r["forward_s"]:10.3f} '
-          f'{r["forward_backward_s"]:10.3f}')
-  ours = {r['config']: r for r in rows if r['impl'] == 'ours'}
-  speedups = {}
-  for r in rows:
-    if r['impl'] == 'reference':
-      o = ours[r['config']]
-      speedups[r['config']] = {'forward': r['forward_s'] / o['forward_s'],
-                               'forward_backward': r['forward_backward_s'] / o['forward_backward_s']}
-      print(f'{r["config"]:32s} {"speed-up":10s} {"":11s} {speedups[r["config"]]["forward"]:9.2f}x '
-            f'{speedups[r["config"]]["forward_backward"]:9.2f}x')
+        f'(torch {torch.__version__}, {platform.processor() or platform.machine()}, '
+        f'{rows[0]["device"]}; peak {rows[0]["peak_tflops"]} TFLOP/s: {rows[0]["peak_source"]})')
+  print_table(rows, [('config', lambda r: r['config']), ('impl', lambda r: r['impl']),
+                     ('params', lambda r: f'{r["params"]:,d}'),
+                     ('forward s', lambda r: f'{r["forward_s"]:.3f}'),
+                     ('fwd+bwd s', lambda r: f'{r["forward_backward_s"]:.3f}')]
+              + speed_columns('forward_peak_memory_gb'))
+  for name, speedup in speedups.items():
+    print(f'{name}: speed-up over the reference: forward {speedup["forward"]:.2f}x, '
+          f'forward + backward {speedup["forward_backward"]:.2f}x')
 
   write_json(args.out, {'batch': args.batch, 'threads': args.threads, 'repeats': args.repeats,
                         'torch': torch.__version__, 'results': rows,

@@ -1,27 +1,29 @@
 """Training throughput: images per second of one full training step (loss, backward, gradient
-clipping, Adam, EMA; `losses.get_step_fn` as run_lib.train runs it).
+clipping, Adam, EMA: run_lib's step functions, as `train` runs them), peak memory, and the
+achieved FLOP/s against the device's dense peak (bench/report.py's PEAK_TFLOPS).
 
     python bench/bench_train.py                         # ve/cifar10_ncsnpp_continuous, CPU batch 8
-    python bench/bench_train.py --steps 5 --threads 2   # + GPU at batch 128 when CUDA is present
-    python bench/bench_train.py --configs ve/digits_ncsnpp_continuous --cpu-batch 64
+    python bench/bench_train.py --configs ve/digits_ncsnpp_continuous --batch 64
+    python bench/bench_train.py --device cuda --batch 128 --precision bf16 --channels-last --compile
 
 The reference on this kind of machine (/work/shared/measurements.md): 4.5-4.9 s per step of 8
-images on 2 threads (~1.7 images/s). Reports the median over --steps after one warm-up step;
-prints a table and writes bench/results/bench_train.json.
+images on 2 threads (~1.7 images/s). Reports the median over --steps after warm-up steps (two
+with --compile: the first compiles); prints a table and writes bench/results/bench_train.json
+(--out). FLOPs are those of matmuls and convolutions (torch's FlopCounterMode), counted once.
 """
 import argparse
 import platform
-import statistics
 import sys
-import time
 
 import torch
 
-from report import RESULTS, ROOT, write_json
+from report import (RESULTS, ROOT, add_speed_args, configure, count_flops, device_name,
+                    median_seconds, option_columns, peak_memory_gb, print_table,
+                    reset_peak_memory, speed_columns, throughput, write_json)
 
 sys.path.insert(0, str(ROOT))
 
-import losses  # noqa: E402
+import precision  # noqa: E402
 import run_lib  # noqa: E402
 import sde_lib  # noqa: E402
 from configs import load_config  # noqa: E402
@@ -29,64 +31,51 @@ from configs import load_config  # noqa: E402
 REFERENCE_CPU_SECONDS = {'ve/cifar10_ncsnpp_continuous': 4.9}  # batch 8, 2 threads
 
 
-def time_steps(config_name, device, batch_size, steps):
-  """Median seconds per training step of `config_name` at `batch_size` on `device`."""
-  config = load_config(config_name)
-  config.device = torch.device(device)
-  config.training.batch_size = batch_size
+def time_steps(config_name, args, steps):
+  """One result row: seconds per training step of `config_name` with the options of `args`."""
+  config = configure(load_config(config_name), args)
+  config.training.batch_size = batch_size = args.batch
   torch.manual_seed(0)
   state = run_lib.build_state(config)
   sde, _ = sde_lib.get_sde(config)
-  tc = config.training
-  step_fn = losses.get_step_fn(sde, train=True, optimize_fn=losses.optimization_manager(config),
-                               reduce_mean=tc.reduce_mean, continuous=tc.continuous,
-                               likelihood_weighting=tc.likelihood_weighting)
+  grad_scaler = precision.grad_scaler(args.precision, config.device.type)
+  generator = torch.Generator(device=config.device).manual_seed(0)
+  train_step, _ = run_lib.build_step_fns(config, sde, generator, grad_scaler=grad_scaler)
   shape = (batch_size, config.data.num_channels, config.data.image_size, config.data.image_size)
   batch = torch.rand(shape, device=config.device)
-  sync = torch.cuda.synchronize if config.device.type == 'cuda' else (lambda: None)
-  times = []
-  for i in range(steps + 1):
-    sync()
-    start = time.perf_counter()
-    step_fn(state, batch).item()
-    sync()
-    if i > 0:  # the first step builds kernels / allocator pools
-      times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  flops = count_flops(lambda: train_step(state, batch))  # eager: the count needs no compilation
+  state['model'] = precision.training_model(config, state['model'])
+  reset_peak_memory(config.device)
+  seconds, _ = median_seconds(lambda: train_step(state, batch).item(), steps, config.device,
+                              warmup=2 if args.compile else 1)
+  ref = REFERENCE_CPU_SECONDS.get(config_name) if args.device == 'cpu' and batch_size == 8 else None
+  return dict(config=config_name, device=device_name(config.device), precision=args.precision,
+              channels_last=args.channels_last, compile=args.compile, batch=batch_size,
+              seconds_per_step=seconds, flops_per_step=flops,
+              peak_memory_gb=peak_memory_gb(config.device), reference_seconds_per_step=ref,
+              speedup_vs_reference=ref / seconds if ref else None,
+              **throughput(batch_size, seconds, flops, config.device, args.precision,
+                           args.peak_tflops))
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--configs', nargs='+', default=['ve/cifar10_ncsnpp_continuous'])
-  parser.add_argument('--cpu-batch', type=int, default=8)
-  parser.add_argument('--gpu-batch', type=int, default=128)
   parser.add_argument('--steps', type=int, default=3)
-  parser.add_argument('--threads', type=int, default=2)
-  parser.add_argument('--no-cpu', action='store_true', help='only the GPU run')
-  args = parser.parse_args()
-  torch.set_num_threads(args.threads)
+  parser.add_argument('--out', default=str(RESULTS / 'bench_train.json'))
+  args = add_speed_args(parser).parse_args()
+  if args.batch is None:
+    args.batch = 128 if args.device.startswith('cuda') else 8
+  rows = [time_steps(name, args, args.steps) for name in args.configs]
 
-  runs = [] if args.no_cpu else [('cpu', args.cpu_batch)]
-  if torch.cuda.is_available():
-    runs.append(('cuda', args.gpu_batch))
-  rows = []
-  for name in args.configs:
-    for device, batch in runs:
-      seconds = time_steps(name, device, batch, args.steps)
-      ref = REFERENCE_CPU_SECONDS.get(name) if device == 'cpu' and batch == 8 else None
-      rows.append(dict(config=name, device=device if device == 'cpu' else torch.cuda.get_device_name(),
-                       batch=batch, seconds_per_step=seconds, images_per_second=batch / seconds,
-                       reference_seconds_per_step=ref,
-                       speedup_vs_reference=ref / seconds if ref else None))
-
-  print(f'{"config":34s} {"device":24s} {"batch":>5s} {"s/step":>8s} {"img/s":>8s} {"vs ref":>7s}')
-  for r in rows:
-    speedup = f'{r["speedup_vs_reference"]:.2f}x' if r['speedup_vs_reference'] else '-'
-    print(f'{r["config"]:34s} {r["device"][:24]:24s} {r["batch"]:5d} {r["seconds_per_step"]:8.3f} '
-          f'{r["images_per_second"]:8.2f} {speedup:>7s}')
-  write_json(RESULTS / 'bench_train.json',
-             dict(rows=rows, threads=args.threads, steps=args.steps, torch=torch.__version__,
-                  machine=platform.processor() or platform.machine()))
+  print_table(rows, [('config', lambda r: r['config']), ('device', lambda r: r['device'][:16])]
+              + option_columns() + [('s/step', lambda r: f'{r["seconds_per_step"]:.3f}')]
+              + speed_columns() + [('vs ref', lambda r: f'{r["speedup_vs_reference"]:.2f}x'
+                                    if r['speedup_vs_reference'] else '-')])
+  print(f'peak: {rows[0]["peak_tflops"]} TFLOP/s ({rows[0]["peak_source"]})')
+  write_json(args.out, dict(what='training step', rows=rows, threads=args.threads,
+                            steps=args.steps, torch=torch.__version__,
+                            machine=platform.processor() or platform.machine()))
 
 
 if __name__ == '__main__':

@@ -56,6 +56,18 @@ def get_default_configs():
   training.likelihood_weighting = False        # weight the loss by g(t)^2 (Song et al. 2021b)
   training.continuous = True                   # sample t in [eps, 1] (False: discrete N levels)
   training.reduce_mean = False                 # mean (not sum) of the loss over pixels
+  # Precision and speed (precision.py). The defaults give the numbers score_sde_pytorch gives.
+  training.precision = 'fp32'                  # 'fp32' | 'bf16' | 'fp16': autocast of the forward
+                                               # pass and loss (fp16 with a gradient scaler);
+                                               # weights, Adam and EMA stay float32
+  training.compile = False                     # torch.compile the network (needs g++ / Triton)
+  training.compile_mode = 'default'            # its mode: 'default' | 'reduce-overhead' |
+                                               # 'max-autotune' (also sampling.compile_mode)
+  training.cudnn_benchmark = config_dict.placeholder(bool)  # autotune cuDNN convolutions;
+                                               # None: on when training on CUDA
+  training.tf32 = config_dict.placeholder(bool)  # CUDA: TF32 matmuls and convolutions (True),
+                                               # neither (False); None: torch's default
+                                               # (convolutions only, as the reference ran)
 
   config.sampling = sampling = ml_collections.ConfigDict()
   sampling.n_steps_each = 1                    # corrector steps per noise level
@@ -64,7 +76,11 @@ def get_default_configs():
   sampling.snr = 0.16                          # signal-to-noise ratio of the Langevin corrector
   sampling.num_steps = 18                      # steps of the fast samplers 'heun' / 'dpm_solver'
   sampling.order = 3                           # order of 'dpm_solver' (1, 2 or 3)
-  sampling.progress = False                    # show a progress bar while sampling
+  sampling.progress = True                     # show a tqdm bar (with ETA) while sampling
+  sampling.precision = 'fp32'                  # the network's precision while sampling (as
+                                               # training.precision); sampler state stays fp32
+  sampling.compile = False                     # torch.compile the network for sampling
+  sampling.compile_mode = 'default'
 
   config.eval = evaluate = ml_collections.ConfigDict()
   evaluate.begin_ckpt = 9                      # first checkpoint number evaluated
@@ -77,13 +93,47 @@ def get_default_configs():
   evaluate.bpd_dataset = 'test'                # split for the likelihoods: 'train' | 'test'
   evaluate.bpd_rtol = 1e-5                     # ODE tolerances of the likelihood (the reference's)
   evaluate.bpd_atol = 1e-5
+  evaluate.precision = 'fp32'                  # the network's precision in evaluation sampling
+                                               # (FID / IS / KID); bits/dim always run in fp32
   evaluate.inception_path = config_dict.placeholder(str)  # clean-fid's inception-2015-12-05.pt
   evaluate.inception_mode = 'legacy_tensorflow'  # resize as TF-GAN ('legacy_tensorflow') | 'clean'
   evaluate.inception_batch_size = 100
   evaluate.stats_file = config_dict.placeholder(str)  # dataset statistics; None: assets/stats/
   evaluate.is_splits = 10                      # Inception Score splits (the paper's 10)
+  evaluate.feature_network = 'auto'            # sample features: 'inception' (IS/FID/KID),
+                                               # 'digits' (digits_quality.py's classifier: FD and
+                                               # classifier score with their real-data floor),
+                                               # 'auto': digits on DIGITS, Inception elsewhere
+  evaluate.bpd_num_repeats = config_dict.placeholder(int)  # passes over the bits/dim split with
+                                               # fresh dequantization noise; None: the
+                                               # reference's 5 on test, 1 on train
   evaluate.ckpt_timeout_s = 3 * 24 * 3600.     # give up waiting for a checkpoint after this
   evaluate.ckpt_poll_s = 60.                   # how often to look for it
+
+  # --mode sample (sample_lib.py): images from one checkpoint with the sampler config.sampling
+  # selects, written to WORKDIR/generated/<out>/ (grid.png, images/<seed>.png, samples.npz,
+  # meta.json). Image k's noise comes from its own generator, seeded by (config.seed, k): it is
+  # the same whatever the batch size, the number of processes or a restart. The Langevin
+  # corrector then sizes its step per image (not from the batch-mean norms), and the adaptive
+  # ODE methods (RK45, dopri5) still share one step sequence per batch (within their tolerances).
+  config.sample = sample = ml_collections.ConfigDict()
+  sample.ckpt = 'latest'                       # N (checkpoints/checkpoint_N.pth), 'latest', or
+                                               # a checkpoint file (official ones too)
+  sample.num = 64                              # images to draw (seeds 0 .. num - 1)
+  sample.batch_size = 64                       # images per sampler call
+  sample.ema = True                            # the EMA weights (False: the raw weights)
+  sample.pc_steps = 0                          # PC steps of a continuous-time model; 0: its
+                                               # model.num_scales (which stays as trained)
+  sample.seeds = ''                            # '' (0 .. num - 1) or an inclusive range 'a-b'
+  sample.out = ''                              # folder under WORKDIR/generated; '': from the
+                                               # step, task / sampler and a hash of the settings
+  sample.task = 'generate'                     # 'generate' | 'inpaint' | 'colorize' |
+                                               # 'conditional' (the last three: PC sampler)
+  sample.input = ''                            # inpaint / colorize: image folder; '': eval split
+  sample.mask = 'center'                       # inpaint: hide 'center' | 'right' | 'random'
+  sample.class_label = -1                      # conditional: the class; -1: seed mod classes
+  sample.classifier_ckpt = ''                  # conditional: '' = newest checkpoint under
+                                               # WORKDIR/classifier/checkpoints
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = 'CIFAR10'
@@ -94,6 +144,8 @@ def get_default_configs():
   data.num_channels = 3
   data.root = config_dict.placeholder(str)     # image folder (FFHQ, CelebA-HQ, LSUN); None here
   data.download = False                        # let torchvision download where the licence allows
+  data.num_workers = config_dict.placeholder(int)  # loader processes; None: 0 for in-memory
+                                               # data (DIGITS, CIFAR10, SVHN), min(4, CPUs) else
 
   config.model = model = ml_collections.ConfigDict()
   model.sigma_min = 0.01                       # VE SDE noise range
@@ -103,6 +155,8 @@ def get_default_configs():
   model.beta_max = 20.
   model.dropout = 0.1
   model.embedding_type = 'fourier'             # 'fourier' (of log sigma) | 'positional'
+  model.channels_last = False                  # NHWC layout of the network's activations (pays
+                                               # off with bf16 / fp16); checkpoints stay NCHW
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.weight_decay = 0.
@@ -112,6 +166,8 @@ def get_default_configs():
   optim.eps = 1e-8
   optim.warmup = 5000                          # steps of linear learning-rate warm-up
   optim.grad_clip = 1.                         # gradient-norm clip (negative: none)
+  optim.adam_impl = 'default'                  # 'default' (torch's choice, as the reference),
+                                               # 'foreach' (same numbers), 'fused' (~1 ulp off)
 
   # The noise-conditional classifier for class-conditional sampling (classifier_lib.py):
   # the JAX original's WRN-28-10; loop settings left None follow config.training.

@@ -41,10 +41,13 @@ def get_ddpm_params(config):
 
 
 def create_model(config):
-  """Build `config.model.name` on `config.device` (a plain module, not DataParallel)."""
+  """Build `config.model.name` on `config.device` (a plain module, not DataParallel), in the
+  channels_last layout when `config.model.channels_last` (checkpoints are saved contiguous)."""
   import models  # noqa: F401  (registers every architecture)
-  model = get_model(config.model.name)(config)
-  return model.to(config.device)
+  model = get_model(config.model.name)(config).to(config.device)
+  if config.model.get('channels_last', False):
+    model = model.to(memory_format=torch.channels_last)
+  return model
 
 
 def default_device():
@@ -53,8 +56,15 @@ def default_device():
 
 
 def unwrap(model):
-  """The module inside DataParallel / DistributedDataParallel, or `model` itself."""
-  return model.module if hasattr(model, 'module') else model
+  """The network inside any wrappers: DataParallel / DistributedDataParallel and
+  `precision.AutocastModel` / `CompiledModel` (`.module`), torch.compile's `._orig_mod`."""
+  while True:
+    inner = getattr(model, 'module', None)
+    if inner is None:
+      inner = getattr(model, '_orig_mod', None)
+    if not isinstance(inner, torch.nn.Module):
+      return model
+    model = inner
 
 
 def get_model_fn(model, train=False):

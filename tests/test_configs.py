@@ -25,7 +25,7 @@ DEFAULTS = ['default_celeba_configs', 'default_cifar10_configs', 'default_lsun_c
 PROJECT_CONFIGS = {'ve/digits_ncsnpp_continuous', 'vp/digits_ddpmpp_continuous'}
 # Keys this project adds to the defaults, with their default values.
 NEW_KEYS = {'data.root': None, 'data.download': False, 'sampling.num_steps': 18,
-            'sampling.order': 3, 'sampling.progress': False,
+            'sampling.order': 3, 'sampling.progress': True,
             # the noise-conditional classifier (classifier_lib.CLASSIFIER_DEFAULTS)
             'classifier.blocks_per_group': 4, 'classifier.channel_multiplier': 10,
             'classifier.embedding_size': 128, 'classifier.fourier_scale': 16.,
@@ -37,7 +37,18 @@ NEW_KEYS = {'data.root': None, 'data.download': False, 'sampling.num_steps': 18,
             'eval.bpd_rtol': 1e-5, 'eval.bpd_atol': 1e-5, 'eval.inception_path': None,
             'eval.inception_mode': 'legacy_tensorflow', 'eval.inception_batch_size': 100,
             'eval.stats_file': None, 'eval.is_splits': 10, 'eval.ckpt_timeout_s': 259200.,
-            'eval.ckpt_poll_s': 60.}
+            'eval.ckpt_poll_s': 60., 'eval.feature_network': 'auto', 'eval.bpd_num_repeats': None,
+            # precision and speed (precision.py); data loading
+            'training.precision': 'fp32', 'training.compile': False,
+            'training.compile_mode': 'default', 'training.cudnn_benchmark': None,
+            'training.tf32': None, 'sampling.precision': 'fp32', 'sampling.compile': False,
+            'sampling.compile_mode': 'default', 'eval.precision': 'fp32',
+            'model.channels_last': False, 'optim.adam_impl': 'default', 'data.num_workers': None,
+            # --mode sample (sample_lib.py)
+            'sample.ckpt': 'latest', 'sample.num': 64, 'sample.batch_size': 64,
+            'sample.ema': True, 'sample.pc_steps': 0, 'sample.seeds': '', 'sample.out': '', 'sample.task': 'generate',
+            'sample.input': '', 'sample.mask': 'center', 'sample.class_label': -1,
+            'sample.classifier_ckpt': ''}
 SDE_CLASSES = {'vesde': sde_lib.VESDE, 'vpsde': sde_lib.VPSDE, 'subvpsde': sde_lib.subVPSDE}
 # Full-size models are built on the meta device (shapes only, no memory, no init cost).
 META = torch.device('meta')

@@ -1,5 +1,7 @@
 """datasets.py: the embedded digits, augmentation, resumable and sharded batch streams, image
 folders, and the messages for data that is not on disk."""
+import os
+
 import ml_collections
 import numpy as np
 import pytest
@@ -90,6 +92,22 @@ def test_shards_of_two_ranks_make_the_single_process_batch():
     assert parts[0].shape[0] == 8
     # DistributedSampler interleaves: rank r holds global rows r, r + 2, ...
     torch.testing.assert_close(torch.stack(parts, 1).reshape(whole.shape), whole, rtol=0, atol=0)
+
+
+def test_num_workers_default_and_override(tmp_path):
+  """data.num_workers None: no worker process for in-memory data, min(4, CPUs) for files; a
+  number is used as given, and in-memory data then goes through a DataLoader with the same
+  batches."""
+  config = _config(num_workers=None)
+  train_ds, _, train_set = datasets.get_dataset(config)
+  assert datasets.loader_workers(config, train_set) == 0 == train_ds.num_workers
+  folder = datasets.ImageFolderFlat(tmp_path, transform=None)
+  assert datasets.loader_workers(config, folder) == min(4, os.cpu_count() or 1)
+  config.data.num_workers = 1
+  with_worker, _, _ = datasets.get_dataset(config)
+  assert with_worker.num_workers == 1
+  for a, b in zip(_take(train_ds.iterate(3), 2), _take(with_worker.iterate(3), 2)):
+    assert torch.equal(a, b)
 
 
 def test_batch_not_divisible_by_processes_is_refused():

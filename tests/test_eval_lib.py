@@ -35,6 +35,7 @@ def tiny_config(tmp_path, inception=True):
   ev.bpd_dataset = 'test'
   ev.bpd_rtol = ev.bpd_atol = 1e-3       # the reference's 1e-5 is benchmarked, not tested
   ev.ckpt_timeout_s = 0.
+  ev.feature_network = 'inception'       # DIGITS defaults to the digits classifier (tested below)
   ev.stats_file = str(tmp_path / 'digits_stats.npz')
   ev.inception_path = str(save_stand_in(tmp_path / 'standin.pt') if inception
                           else tmp_path / 'absent' / evaluation.INCEPTION_FILE)
@@ -164,3 +165,51 @@ def test_waiting_for_checkpoints(tmp_path):
   threading.Timer(0.2, path.touch).start()
   eval_lib.wait_for_checkpoint(str(path), timeout_s=10, poll_s=0.05)
   assert path.exists()
+
+
+def test_digits_eval_reports_the_digits_quality_with_its_floor_and_logs_progress(tmp_path, caplog):
+  """On DIGITS the default feature network is the digits classifier: no Inception, no stats
+  file. bpd_num_repeats sets the passes over the split; every long step logs before it starts
+  and each bits/dim batch logs its NFE."""
+  import digits_quality
+  config = tiny_config(tmp_path, inception=False)  # no Inception weights: not needed here
+  config.eval.feature_network = 'auto'
+  config.eval.bpd_num_repeats = 2
+  workdir = tmp_path / 'run'
+  write_checkpoint(config, workdir)
+  caplog.set_level('INFO')
+  eval_lib.evaluate(config, str(workdir))
+  eval_dir = workdir / 'eval'
+  assert sorted(p.name for p in eval_dir.glob('test_ckpt_1_bpd_*.npz')) == [
+    'test_ckpt_1_bpd_0.npz', 'test_ckpt_1_bpd_1.npz']  # 1 batch x 2 repeats, not 5
+  latents = np.load(eval_dir / 'ckpt_1' / 'statistics_0.npz')
+  assert latents['pool_3'].shape == (20, digits_quality.FEATURES) and latents['logits'].shape == (20, 10)
+  summary = json.loads((eval_dir / 'report.json').read_text())['1']
+  samples = np.concatenate([np.load(eval_dir / 'ckpt_1' / f'samples_{r}.npz')['samples']
+                            for r in range(2)])[:30]
+  expected = digits_quality.score_samples(samples)
+  for key in ('digits_fd', 'digits_cs', 'digits_fd_floor', 'digits_cs_floor'):
+    assert summary[key] == pytest.approx(expected[key], rel=1e-6), key
+  # An untrained network draws noise: far above the floor (20 held-out digits here, whose FD
+  # against the 200 training digits is large at this n: 658).
+  assert summary['digits_fd'] > 2 * summary['digits_fd_floor']
+  assert summary['digits_cs'] < summary['digits_cs_floor'] - 3
+  assert float(np.load(eval_dir / 'report_1.npz')['digits_fd']) == pytest.approx(summary['digits_fd'])
+  text = caplog.text
+  for line in ('Evaluating checkpoint 1', 'loss, bits/dim, sample quality',
+               'bits/dim of 2 batch(es) of 20 test images', 'drawing 2 round(s) of 20 samples',
+               'Loss of the EMA weights on 1 test batches'):
+    assert line in text, line
+  assert text.count('evaluations,') >= 2 + 2  # 2 bits/dim batches and 2 sampling rounds, with NFE
+
+
+def test_bad_eval_settings_are_named(tmp_path):
+  config = tiny_config(tmp_path)
+  config.eval.bpd_num_repeats = 0
+  sde, eps = eval_lib.sde_lib.get_sde(config)
+  with pytest.raises(ValueError, match='bpd_num_repeats is 0'):
+    eval_lib.build_tools(config, sde, eps)
+  config.eval.bpd_num_repeats = 1
+  config.eval.feature_network = 'clip'
+  with pytest.raises(ValueError, match="feature_network is 'clip'"):
+    eval_lib.build_tools(config, sde, eps)

@@ -17,6 +17,7 @@ import torch
 
 import losses
 import sde_lib
+import utils
 from models.ema import ExponentialMovingAverage
 
 S2 = 0.25  # data variance
@@ -242,3 +243,101 @@ def test_discrete_losses_refuse_wrong_sde_and_likelihood_weighting():
                        likelihood_weighting=True)
   with pytest.raises(ValueError, match='subVPSDE'):
     losses.get_step_fn(SDES['subvp'](), True, lambda *a, **k: None, continuous=False)
+
+
+def test_ema_update_is_bit_identical_to_the_reference_loop():
+  """The multi-tensor EMA update gives the per-parameter loop's numbers exactly, through the
+  decay warm-up min(decay, (1 + n) / (10 + n)) and after it."""
+  g = torch.Generator().manual_seed(0)
+  params = [torch.nn.Parameter(torch.randn(shape, generator=g))
+            for shape in [(8, 4, 3, 3), (8,), (5, 7), ()]]
+  frozen = torch.nn.Parameter(torch.randn(3, generator=g), requires_grad=False)  # not tracked
+  ema = ExponentialMovingAverage(params + [frozen], decay=0.999)
+  shadows = [p.detach().clone() for p in params]
+  for n in range(1, 2001):
+    with torch.no_grad():
+      for p in params:
+        p.add_(torch.randn(p.shape, generator=g) * 10 ** float(torch.randint(-4, 2, (), generator=g)))
+    ema.update(params + [frozen])
+    decay = min(0.999, (1 + n) / (10 + n))
+    for s, p in zip(shadows, params):  # score_sde_pytorch's loop
+      s.sub_((1.0 - decay) * (s - p.detach()))
+    if n in (1, 10, 2000):
+      assert all(torch.equal(a, b) for a, b in zip(ema.shadow_params, shadows)), n
+
+
+@pytest.mark.parametrize('impl', ['foreach', 'fused'])
+def test_adam_implementations(impl, tmp_path):
+  """'foreach' gives the reference's numbers on the CPU; 'fused' is within float32 rounding.
+  A checkpoint stores torch's neutral choice; restored, the optimizer keeps its own."""
+  results = {}
+  for name in ('default', impl):
+    config = _optim_config(warmup=0, grad_clip=-1.)
+    config.optim.adam_impl = name
+    torch.manual_seed(0)
+    model = Linear()
+    optimizer = losses.get_optimizer(config, model.parameters())
+    g = torch.Generator().manual_seed(1)
+    for _ in range(10):
+      for p in model.parameters():
+        p.grad = torch.randn(p.shape, generator=g)
+      optimizer.step()
+    results[name] = [p.detach() for p in model.parameters()]
+  for a, b in zip(results['default'], results[impl]):
+    if impl == 'foreach':
+      assert torch.equal(a, b)
+    else:
+      torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+  state = dict(model=model, optimizer=optimizer,
+               ema=ExponentialMovingAverage(model.parameters(), decay=0.9), step=10)
+  utils.save_checkpoint(tmp_path / 'ckpt.pth', state)
+  saved = torch.load(tmp_path / 'ckpt.pth', weights_only=True)['optimizer']['param_groups'][0]
+  assert saved['foreach'] is None and saved['fused'] is None
+  utils.restore_checkpoint(tmp_path / 'ckpt.pth', state, 'cpu')
+  assert optimizer.param_groups[0][impl] is True
+  assert all(s['step'].item() == 10 for s in optimizer.state.values())
+
+
+def test_unknown_adam_impl_is_named():
+  config = _optim_config()
+  config.optim.adam_impl = 'turbo'
+  with pytest.raises(ValueError, match="adam_impl 'turbo'. Known: default, foreach, fused"):
+    losses.get_optimizer(config, [torch.nn.Parameter(torch.ones(1))])
+
+
+def _fp16_state(init_scale):
+  torch.manual_seed(0)
+  model = Linear()
+  config = _optim_config(warmup=0, grad_clip=1.)
+  state = dict(model=model, optimizer=losses.get_optimizer(config, model.parameters()),
+               ema=ExponentialMovingAverage(model.parameters(), decay=0.9), step=0)
+  scaler = torch.amp.GradScaler('cpu', init_scale=init_scale)
+  step_fn = losses.get_step_fn(SDES['ve'](), True, losses.optimization_manager(config),
+                               generator=torch.Generator().manual_seed(0), precision='fp16',
+                               scaler=scaler)
+  return state, scaler, step_fn
+
+
+def test_fp16_step_with_overflowing_gradients_is_skipped_not_stopped():
+  """A loss scale of 2^40 overflows the fp16 gradients: the scaler skips the update (weights
+  unchanged), halves its scale, and the step returns a finite loss without raising."""
+  state, scaler, step_fn = _fp16_state(2. ** 40)
+  before = [p.detach().clone() for p in state['model'].parameters()]
+  loss = step_fn(state, torch.randn((16,) + SHAPE, generator=torch.Generator().manual_seed(2)))
+  assert torch.isfinite(loss) and state['step'] == 1 and scaler.get_scale() == 2. ** 39
+  assert all(torch.equal(b, p) for b, p in zip(before, state['model'].parameters()))
+
+
+def test_fp16_gradients_are_unscaled_before_clipping():
+  """The reported norm is that of the true gradients (as in fp32, up to fp16 rounding), not of
+  the scaled ones, so grad_clip means the same in every precision."""
+  x0 = torch.randn((16,) + SHAPE, generator=torch.Generator().manual_seed(2))
+  state, scaler, step_fn = _fp16_state(2. ** 10)
+  step_fn(state, x0)
+  state32, _, _ = _fp16_state(1.)
+  step32 = losses.get_step_fn(SDES['ve'](), True, losses.optimization_manager(_optim_config(0)),
+                              generator=torch.Generator().manual_seed(0))
+  step32(state32, x0)
+  assert scaler.get_scale() == 2. ** 10  # not skipped
+  assert step_fn.grad_norm.item() == pytest.approx(step32.grad_norm.item(), rel=1e-2)
+

@@ -290,6 +290,39 @@ def test_inverse_scaler_and_denoise_semantics():
   assert 0.002 < diff.std().item() < 0.05
 
 
+def _generator(seed):
+  return torch.Generator().manual_seed(seed)
+
+
+def test_langevin_step_size_is_per_example_with_per_example_generators():
+  """Alg. 4's step eps = 2 alpha (r |z| / |s|)^2 (alpha = 1 under VE): from the batch-mean norms
+  with one generator (the reference), from each example's own norms with a list of generators,
+  so that an example's update does not depend on its batch-mates."""
+  sde = sde_lib.VESDE(N=10)
+  x = torch.randn((3,) + EVENT, generator=_generator(0)) * torch.tensor([1., 2., 3.]).view(3, 1, 1, 1)
+  score_fn = lambda x, t: -x / 2.  # the score of N(0, 2 I)
+  t = torch.full((3,), 0.5)
+  grad = -x / 2.
+  seeds = (5, 6, 7)
+  z = torch.cat([torch.randn((1,) + EVENT, generator=_generator(s)) for s in seeds])
+  corrector = sampling.LangevinCorrector(sde, score_fn, 0.16, 1, generator=[_generator(s) for s in seeds])
+  new, new_mean = corrector.update_fn(x, t)
+  eps = 2 * (0.16 * z.flatten(1).norm(dim=1) / grad.flatten(1).norm(dim=1)) ** 2
+  assert eps.max() > 2 * eps.min()  # the examples' own steps differ
+  expected_mean = x + eps.view(-1, 1, 1, 1) * grad
+  torch.testing.assert_close(new_mean, expected_mean, rtol=1e-6, atol=1e-7)
+  torch.testing.assert_close(new, expected_mean + (2 * eps).sqrt().view(-1, 1, 1, 1) * z,
+                             rtol=1e-6, atol=1e-7)
+  alone, _ = sampling.LangevinCorrector(sde, score_fn, 0.16, 1, generator=[_generator(6)]).update_fn(
+    x[1:2], t[:1])
+  torch.testing.assert_close(alone, new[1:2], rtol=0, atol=1e-7)
+
+  shared, _ = sampling.LangevinCorrector(sde, score_fn, 0.16, 1, generator=_generator(5)).update_fn(x, t)
+  z = torch.randn((3,) + EVENT, generator=_generator(5))
+  eps = 2 * (0.16 * z.flatten(1).norm(dim=1).mean() / grad.flatten(1).norm(dim=1).mean()) ** 2
+  torch.testing.assert_close(shared, x + eps * grad + (2 * eps).sqrt() * z, rtol=1e-6, atol=1e-7)
+
+
 def test_unknown_names_are_clear():
   with pytest.raises(ValueError, match='Known predictors: ancestral_sampling, euler_maruyama'):
     sampling.get_predictor('euler')

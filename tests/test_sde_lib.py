@@ -320,3 +320,29 @@ def test_importing_sde_lib_and_models_pulls_in_neither_tensorflow_nor_jax():
                           timeout=120)
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip() == 'False'
+
+
+def test_randn_draws_row_b_from_generator_b():
+  gens = [torch.Generator().manual_seed(s) for s in (3, 4, 5)]
+  z = sde_lib.randn((3, 1, 2, 2), gens, dtype=torch.float64)
+  for b, s in enumerate((3, 4, 5)):
+    expected = torch.randn((1, 2, 2), generator=torch.Generator().manual_seed(s), dtype=torch.float64)
+    assert torch.equal(z[b], expected)
+  # one generator: torch.randn's numbers; a list of one: the same
+  one = sde_lib.randn((2, 3), torch.Generator().manual_seed(7))
+  assert torch.equal(one, torch.randn((2, 3), generator=torch.Generator().manual_seed(7)))
+  assert torch.equal(sde_lib.randn((1, 3), [torch.Generator().manual_seed(7)]), one[:1])
+  with pytest.raises(ValueError, match='Got 2 generators for a batch of 3'):
+    sde_lib.randn((3, 2), gens[:2])
+
+
+def test_prior_sampling_takes_per_image_generators():
+  """Image b of a prior draw is the same in a batch of 2 and alone (VE scales by sigma_max)."""
+  pair = sde_lib.VESDE(sigma_max=5.).prior_sampling(
+    (2, 1, 2, 2), generator=[torch.Generator().manual_seed(s) for s in (3, 4)])
+  alone = sde_lib.VESDE(sigma_max=5.).prior_sampling(
+    (1, 1, 2, 2), generator=[torch.Generator().manual_seed(4)])
+  assert torch.equal(pair[1:], alone)
+  assert torch.equal(alone, 5. * torch.randn((1, 1, 2, 2), generator=torch.Generator().manual_seed(4)))
+  vp = sde_lib.VPSDE().prior_sampling((2, 3), generator=[torch.Generator().manual_seed(s) for s in (3, 4)])
+  assert torch.equal(vp[0], torch.randn(3, generator=torch.Generator().manual_seed(3)))

@@ -1,6 +1,7 @@
 """run_lib.train on the embedded digits with a tiny score network: the loss falls, the workdir
-holds what it should, a SIGKILLed run resumes to the same weights, two DDP processes match one,
-a NaN loss stops training, and a workdir of another config is refused."""
+holds what it should, a SIGKILLed run resumes to the same weights (in fp32, bf16 and fp16), two
+DDP processes match one, a NaN loss stops training (an fp16 step the scaler skips does not), and a
+workdir of another config is refused."""
 import json
 import os
 import pathlib
@@ -121,6 +122,10 @@ def test_loss_falls_and_workdir_layout(tmp_path):
     assert samples.shape == (16, 8, 8, 1) and samples.dtype == np.uint8
   saved = json.loads((tmp_path / 'config.json').read_text())
   assert saved['model']['name'] == 'tiny_score' and saved['training']['n_iters'] == 300
+  log = (tmp_path / 'stdout.txt').read_text()  # snapshot sampling says what it does and its cost
+  for step in (150, 300):
+    assert f"step {step}: drawing 16 samples with the EMA weights ('pc' sampler)" in log
+    assert f'step {step}: samples drawn (10 evaluations' in log  # 5 PC steps x 2
 
   from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
   events = EventAccumulator(str(tmp_path / 'tensorboard')).Reload()
@@ -149,26 +154,25 @@ run_lib.save_checkpoint = _save_then_die
 """
 
 
-def _train_command(workdir, n_iters, kill_at_meta_save=None):
+def _train_command(workdir, n_iters, kill_at_meta_save=None, **overrides):
   code = (f'import sys; sys.path[:0] = [{str(ROOT)!r}, {str(TESTS)!r}]\nimport test_train, run_lib\n')
   if kill_at_meta_save:
     code += _KILL_DURING_SAVE.format(k=kill_at_meta_save)
-  code += f'run_lib.train(test_train.tiny_config({n_iters}), {str(workdir)!r})\n'
+  code += f'run_lib.train(test_train.tiny_config({n_iters}, **{overrides!r}), {str(workdir)!r})\n'
   env = dict(os.environ, OMP_NUM_THREADS='1', WORLD_SIZE='1')
   return [sys.executable, '-c', code], env
 
 
-def _run(workdir, n_iters):
-  cmd, env = _train_command(workdir, n_iters)
-  subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=600)
-
-
 @pytest.mark.slow
-def test_sigkill_and_resume_gives_the_uninterrupted_weights(tmp_path):
-  n_iters = 40
-  _run(tmp_path / 'whole', n_iters)
+@pytest.mark.parametrize('precision', ['fp32', 'bf16', 'fp16'])
+def test_sigkill_and_resume_gives_the_uninterrupted_weights(tmp_path, precision):
+  """Killed mid-write of a resume checkpoint and resumed, a run ends with the weights, EMA,
+  optimizer state, RNG and (fp16) loss scale of the run that never stopped. Only the killed run
+  needs its own process; the other two run here (1 thread either way: the same numbers)."""
+  n_iters, overrides = 40, {'training.precision': precision}
+  run_lib.train(tiny_config(n_iters, **overrides), str(tmp_path / 'whole'))
 
-  cmd, env = _train_command(tmp_path / 'killed', n_iters, kill_at_meta_save=3)
+  cmd, env = _train_command(tmp_path / 'killed', n_iters, kill_at_meta_save=3, **overrides)
   proc = subprocess.run(cmd, env=env, capture_output=True, timeout=600)
   assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
   meta = tmp_path / 'killed' / 'checkpoints-meta' / 'checkpoint.pth'
@@ -178,7 +182,7 @@ def test_sigkill_and_resume_gives_the_uninterrupted_weights(tmp_path):
   assert len(leftovers) == 1 and leftovers[0].endswith('.tmp'), leftovers
   assert (meta.parent / leftovers[0]).read_bytes().startswith(b'PK\x03\x04 partial')
 
-  _run(tmp_path / 'killed', n_iters)
+  run_lib.train(tiny_config(n_iters, **overrides), str(tmp_path / 'killed'))
   log = (tmp_path / 'killed' / 'stdout.txt').read_text()
   assert f'Starting training loop at step {stopped_at}' in log
 
@@ -189,7 +193,12 @@ def test_sigkill_and_resume_gives_the_uninterrupted_weights(tmp_path):
     assert torch.equal(value, resumed['model'][key]), key
   for a, b in zip(whole['ema']['shadow_params'], resumed['ema']['shadow_params']):
     assert torch.equal(a, b)
+  for i, state in whole['optimizer']['state'].items():
+    assert all(torch.equal(v, resumed['optimizer']['state'][i][k]) for k, v in state.items())
   assert torch.equal(whole['rng'][0]['noise'], resumed['rng'][0]['noise'])
+  assert whole.get('grad_scaler') == resumed.get('grad_scaler')
+  if precision == 'fp16':  # the scaler skipped the first overflowing steps: 65536 -> 1024
+    assert whole['grad_scaler']['scale'] < 65536 and whole['grad_scaler']['_growth_tracker'] > 0
 
 
 def _ddp_worker(rank, world, workdir, port):
@@ -225,6 +234,43 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   saved = _load(tmp_path / 'checkpoints-meta' / 'checkpoint.pth')
   assert saved['step'] == 5  # written after step 4
   assert all(torch.isfinite(v).all() for v in saved['model'].values())
+
+
+def test_nan_between_log_steps_is_caught_before_the_next_checkpoint(tmp_path):
+  """Losses are read at log steps and before checkpoints, not every step: a NaN at step 5 with
+  log_freq 4 is found before the checkpoint of step 6, which is then not written."""
+  NaNAfter.calls = 0
+  config = tiny_config(20, **{'model.name': 'tiny_score_nan', 'training.log_freq': 4,
+                              'training.eval_freq': 100, 'training.snapshot_freq_for_preemption': 2})
+  with pytest.raises(FloatingPointError, match=r'training loss is nan at step 5 \(.*log_freq = 4.*'
+                                               r'found at step 6\)'):
+    run_lib.train(config, str(tmp_path))
+  assert _load(tmp_path / 'checkpoints-meta' / 'checkpoint.pth')['step'] == 5  # after step 4
+
+
+def test_fp16_steps_the_scaler_skips_are_not_a_nan_stop(tmp_path):
+  """fp16 from GradScaler's initial scale 2^16: the first steps overflow and are skipped (the
+  scale halves each time); training goes on, and the scale is checkpointed."""
+  state = run_lib.train(tiny_config(10, **{'training.precision': 'fp16'}), str(tmp_path))
+  assert state['step'] == 11
+  saved = _load(tmp_path / 'checkpoints-meta' / 'checkpoint.pth')
+  assert saved['grad_scaler']['scale'] < 2. ** 16
+  assert all(torch.isfinite(v).all() for v in saved['model'].values())
+
+
+def test_resuming_may_change_compilation_but_not_precision(tmp_path):
+  run_lib.train(tiny_config(2), str(tmp_path))
+  with pytest.raises(ValueError, match=r"training.precision: 'fp32' there, 'bf16' now"):
+    run_lib.train(tiny_config(2, **{'training.precision': 'bf16'}), str(tmp_path))
+  with pytest.raises(ValueError, match=r'model.channels_last: False there, True now'):
+    run_lib.train(tiny_config(2, **{'model.channels_last': True}), str(tmp_path))
+  # A run written before these keys existed resumes: absent keys read as their old value.
+  saved = json.loads((tmp_path / 'config.json').read_text())
+  for section, key in [k.split('.') for k in run_lib.ADDED_KEYS]:
+    del saved[section][key]
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  run_lib.check_and_save_config(tiny_config(2, **{'training.compile': True}), str(tmp_path))
+  assert run_lib.train(tiny_config(2), str(tmp_path))['step'] == 3
 
 
 def test_workdir_of_another_config_is_refused(tmp_path):

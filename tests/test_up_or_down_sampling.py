@@ -95,6 +95,28 @@ def test_default_kernel_is_nearest_and_box():
   torch.testing.assert_close(uds.naive_downsample_2d(x), F.avg_pool2d(x, 2))
 
 
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_naive_resampling_by_2_is_bit_identical_to_the_reference_formulas(channels_last):
+  """The fast factor-2 paths give the reference's numbers exactly: its reshape-mean and
+  reshape-expand, forward and gradient (autograd sums the expanded dimensions)."""
+  g = torch.Generator().manual_seed(4)
+  x = torch.randn(3, 5, 8, 6, generator=g) * 10 ** torch.randint(-3, 4, (3, 5, 1, 1), generator=g)
+  if channels_last:
+    x = x.contiguous(memory_format=torch.channels_last)
+  n, c, h, w = x.shape
+  reference = {
+    'down': lambda v: v.reshape(n, c, h // 2, 2, w // 2, 2).mean(dim=(3, 5)),
+    'up': lambda v: v.reshape(n, c, h, 1, w, 1).expand(n, c, h, 2, w, 2).reshape(n, c, 2 * h, 2 * w)}
+  ours = {'down': uds.naive_downsample_2d, 'up': uds.naive_upsample_2d}
+  for name in ('down', 'up'):
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_ref, out = reference[name](a), ours[name](b)
+    grad = torch.randn(out.shape, generator=g)
+    out_ref.backward(grad)
+    out.backward(grad)
+    assert torch.equal(out, out_ref) and torch.equal(b.grad, a.grad), name
+
+
 @pytest.mark.parametrize('k', [(1, 3, 3, 1), (1, 2, 1), (1, 1)])
 def test_fused_resampling_conv_equals_unfused_inside(k):
   # The fused ops pad once instead of twice, so they agree with the composition except near

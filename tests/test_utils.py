@@ -71,6 +71,29 @@ def test_restore_into_data_parallel_and_unprefixed(tmp_path):
   assert torch.equal(fresh['model'].module.conv.weight, state['model'].conv.weight)
 
 
+def test_float16_file_restores_float32(tmp_path):
+  """A release file (assets/pretrained/) stores the EMA weights once, in float16, shared by the
+  model entry and the EMA shadows; loading gives float32 model weights and float32 averages."""
+  torch.manual_seed(0)
+  state = _state(TinyNet())
+  _train_a_bit(state)
+  half = [s.half() for s in state['ema'].shadow_params]
+  model_sd = {'module.conv.weight': half[0], 'module.conv.bias': half[1],
+              'module.fixed': state['model'].fixed.detach(), 'module.sigmas': state['model'].sigmas}
+  path = tmp_path / 'release.pth'
+  torch.save({'model': model_sd, 'step': 3,
+              'ema': dict(decay=0.9, num_updates=3, shadow_params=half)}, path)
+  fresh = _state(TinyNet())
+  utils.restore_checkpoint(path, fresh, 'cpu')
+  assert [s.dtype for s in fresh['ema'].shadow_params] == [torch.float32, torch.float32]
+  assert fresh['model'].conv.weight.dtype == torch.float32
+  assert fresh['model'].sigmas.dtype == torch.float64
+  fresh['ema'].copy_to(fresh['model'].parameters())
+  torch.testing.assert_close(fresh['model'].conv.weight, half[0].float(), rtol=0, atol=0)
+  torch.testing.assert_close(fresh['model'].conv.weight, state['ema'].shadow_params[0],
+                             rtol=1e-3, atol=1e-4)  # float16 keeps 11 significant bits
+
+
 def test_interrupted_write_keeps_previous_file(tmp_path, monkeypatch):
   state = _state(TinyNet())
   path = tmp_path / 'ckpt.pth'

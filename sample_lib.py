@@ -1,0 +1,344 @@
+"""`main.py --mode sample`: draw images from one checkpoint with the sampler the config selects.
+
+    python main.py --config configs/ve/digits_ncsnpp_continuous.py --workdir runs/d --mode sample
+    python main.py ... --mode sample --config.sample.seeds=0-999 --config.sample.ckpt=2
+    python main.py ... --mode sample --config.sample.task=inpaint --config.sample.mask=right
+    torchrun --nproc_per_node=4 main.py ... --mode sample      # the seeds split over 4 processes
+
+It writes WORKDIR/generated/<config.sample.out>/
+  images/000000.png ...  one PNG per image, named by its seed, each written atomically
+  samples.npz            'samples': uint8 (N, H, W, C) in seed order (what evaluation reads)
+  grid.png               the first up-to-256 images in a square grid (inpaint / colorize also
+                         inputs.png and masked.png: the inputs, and what the sampler was given)
+  meta.json              checkpoint and step, sampler and settings, task, seeds, NFE and seconds
+                         per batch, wall time, software versions
+
+Image k's noise, its prior draw and every later draw, comes from its own torch.Generator seeded
+by (config.seed, k) (EDM's --seeds; the samplers take a list of generators, see
+`sde_lib.randn`), so it does not depend on the batch size, on the number of processes or on a
+restart: a run started again skips the seeds whose PNG exists. A folder holding images of
+another checkpoint, config or sampler is refused. Every config.sample key is documented in
+configs/default_cifar10_configs.py.
+"""
+import hashlib
+import json
+import logging
+import math
+import os
+import pathlib
+import platform
+import re
+import subprocess
+import time
+
+import ml_collections
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import run_lib
+import sde_lib
+import utils
+from eval_lib import _savez, _seed, _to_uint8
+from models import utils as mutils
+from models.ema import ExponentialMovingAverage
+from sample_tasks import TASKS, latest_checkpoint
+
+ROOT = pathlib.Path(__file__).resolve().parent
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def parse_seeds(seeds, num):
+  """The seeds to draw: 0 .. num - 1 for '', a .. b for the inclusive range 'a-b'."""
+  text = str(seeds).strip()
+  if not text:
+    if num <= 0:
+      raise ValueError(f'config.sample.num is {num}: ask for at least one image.')
+    return list(range(num))
+  match = re.fullmatch(r'(\d+)\s*-\s*(\d+)', text)
+  if not match or int(match[1]) > int(match[2]):
+    raise ValueError(f'config.sample.seeds={text!r} does not parse: give an inclusive range '
+                     "'a-b' with 0 <= a <= b (e.g. '0-63'), or '' for 0 .. num - 1.")
+  return list(range(int(match[1]), int(match[2]) + 1))
+
+
+def image_generators(seed, seeds, device):
+  """One torch.Generator per image, image k's seeded by (seed, k) (eval_lib's seed hash)."""
+  return [torch.Generator(device=device).manual_seed(_seed(seed, k)) for k in seeds]
+
+
+def _stored_step(path):
+  """The step saved in a checkpoint, read without loading its tensors (mmap)."""
+  with torch.serialization.safe_globals(utils._numpy_scalar_globals()):
+    return int(torch.load(path, map_location='cpu', mmap=True, weights_only=True)['step'])
+
+
+def resolve_checkpoint(workdir, ckpt):
+  """The checkpoint file config.sample.ckpt names: N -> checkpoints/checkpoint_N.pth of the
+  workdir; 'latest' -> the highest N, or checkpoints-meta/checkpoint.pth when its step is
+  later (or it is the only one); anything else -> that file (an official one too)."""
+  text = str(ckpt).strip()
+  snapshots = pathlib.Path(workdir) / 'checkpoints'
+  if re.fullmatch(r'\d+', text):
+    path = snapshots / f'checkpoint_{text}.pth'
+    if not path.is_file():
+      have = sorted(p.name for p in snapshots.glob('checkpoint_*.pth'))
+      raise FileNotFoundError(f'No checkpoint {path}; {snapshots} holds '
+                              f'{", ".join(have) or "none"}. Pass one of their numbers, '
+                              "'latest', or the path of a checkpoint file.")
+    return path.resolve()
+  if text == 'latest':
+    snapshot = latest_checkpoint(snapshots)
+    meta = pathlib.Path(workdir) / 'checkpoints-meta' / 'checkpoint.pth'
+    found = [p for p in (snapshot, meta) if p is not None and p.is_file()]
+    if not found:
+      raise FileNotFoundError(f'No checkpoint in {snapshots} or {meta.parent}: train first, or '
+                              'pass --config.sample.ckpt=/path/to/checkpoint.pth.')
+    if len(found) == 2 and _stored_step(meta) <= _stored_step(snapshot):
+      found = [snapshot]
+    return found[-1].resolve()
+  path = pathlib.Path(text).expanduser()
+  if not path.is_file():
+    raise FileNotFoundError(f"config.sample.ckpt={text!r} is neither a snapshot number, 'latest', "
+                            f'nor a checkpoint file (there is no file {path.absolute()}).')
+  return path.resolve()
+
+
+def load_score_model(config, checkpoint, ema=True):
+  """The score network of `checkpoint` (ours or official), with its EMA weights unless `ema` is
+  False, in eval mode. Returns (model, step). A checkpoint of another config raises the
+  ValueError of `utils.check_state_dict_matches`, which names the configs it resembles."""
+  model = mutils.create_model(config)
+  state = dict(model=model, ema=ExponentialMovingAverage(model.parameters(), config.model.ema_rate),
+               step=0)
+  utils.restore_checkpoint(checkpoint, state, config.device)
+  if ema:
+    state['ema'].copy_to(model.parameters())
+  return model.eval(), int(state['step'])
+
+
+def build_sde(config):
+  """The SDE and its eps; config.sample.pc_steps > 0 sets the number of PC steps instead of
+  config.model.num_scales, which also sizes the network's buffers and so stays as trained."""
+  steps = config.sample.pc_steps
+  if not steps:
+    return sde_lib.get_sde(config)
+  if not config.training.continuous:
+    raise ValueError('config.sample.pc_steps needs a continuous-time model: a discrete one is '
+                     'tied to its model.num_scales noise levels.')
+  sde_config = ml_collections.ConfigDict(config.to_dict())
+  sde_config.model.num_scales = steps
+  return sde_lib.get_sde(sde_config)
+
+
+# ----------------------------------------------------------------------------- the folder
+
+def identity(config, checkpoint, step, task):
+  """What the images of a folder depend on (beyond their seeds), as JSON values."""
+  data = {k: v for k, v in config.data.to_dict().items()
+          if k not in ('root', 'download', 'num_workers')}
+  s = config.sample  # not num, batch_size, seeds, out: they choose images, not what image k is
+  sample = dict(task=s.task, ema=s.ema, pc_steps=s.pc_steps, **task.settings())
+  found = dict(checkpoint=dict(path=str(checkpoint), step=step),
+               sampler={k: v for k, v in config.sampling.to_dict().items() if k != 'progress'},
+               sample=sample, model=config.model.to_dict(), data=data, seed=config.seed,
+               sde=dict(name=config.training.sde, continuous=config.training.continuous))
+  return json.loads(json.dumps(run_lib._jsonable(found)))
+
+
+def default_out(config, step, ident):
+  """step{N}_{task or sampler}_{hash of the identity}: another setting, another folder."""
+  kind = config.sample.task if config.sample.task != 'generate' else config.sampling.method
+  digest = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
+  return f'step{step}_{kind.lower()}_{digest}'
+
+
+def _read_json(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def _write_json(path, value):
+  tmp = f'{path}.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(value, f, indent=1)
+  os.replace(tmp, path)
+
+
+def open_folder(folder, ident):
+  """Create `folder`/images (checking that it can be written) and return its meta.json so far.
+
+  Raises:
+    PermissionError: the folder cannot be written.
+    ValueError: it holds images of another identity (names the entries that differ).
+  """
+  try:
+    os.makedirs(folder / 'images', exist_ok=True)
+    probe = folder / f'.write_test_{os.getpid()}'
+    probe.write_bytes(b'')
+    probe.unlink()
+  except OSError as e:
+    raise PermissionError(f'Cannot write the samples to {folder} ({e.strerror or e}). Pass a '
+                          '--workdir you can write to.') from e
+  meta_path = folder / 'meta.json'
+  if not meta_path.exists():
+    return {}
+  meta = _read_json(meta_path)
+  saved, now = run_lib._flatten({k: meta.get(k) for k in ident}), run_lib._flatten(ident)
+  differ = sorted(k for k in set(saved) | set(now)
+                  if saved.get(k, '<absent>') != now.get(k, '<absent>'))
+  if differ:
+    details = '; '.join(f'{k}: {saved.get(k, "<absent>")!r} there, {now.get(k, "<absent>")!r} now'
+                        for k in differ[:6])
+    raise ValueError(f'{folder} holds images of another checkpoint, config or sampler ({details}). '
+                     'Images are not mixed: pass another --config.sample.out, or delete the '
+                     'folder to start it again.')
+  return meta
+
+
+def _png_path(folder, seed):
+  return folder / 'images' / f'{seed:06d}.png'
+
+
+def write_png(path, image):
+  """Write a uint8 (H, W, C) image atomically (a file that exists is complete)."""
+  from PIL import Image
+  tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+  Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(tmp, format='PNG')
+  os.replace(tmp, path)
+
+
+def read_png(path, channels):
+  """uint8 (H, W, channels) of a PNG written by `write_png`."""
+  from PIL import Image
+  with Image.open(path) as im:
+    image = np.asarray(im)
+  return image[..., None] if image.ndim == 2 else image[..., :channels]
+
+
+def save_grid(images, path, nrow=None, padding=2):
+  """uint8 (N, H, W, C) images in a grid (square unless `nrow` per row; torchvision's
+  make_grid layout, black padding), written as a PNG."""
+  n, h, w, c = images.shape
+  nrow = nrow or int(math.ceil(math.sqrt(n)))
+  rows = -(-n // nrow)
+  grid = np.zeros((rows * (h + padding) + padding, nrow * (w + padding) + padding, c), np.uint8)
+  for i, image in enumerate(images):
+    top, left = padding + (i // nrow) * (h + padding), padding + (i % nrow) * (w + padding)
+    grid[top:top + h, left:left + w] = image
+  write_png(pathlib.Path(path), grid)
+
+
+def versions(device):
+  """Software (and device) the images were drawn with."""
+  try:
+    commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=ROOT, capture_output=True,
+                            text=True, timeout=10).stdout.strip() or None
+  except (OSError, subprocess.SubprocessError):
+    commit = None
+  found = dict(python=platform.python_version(), torch=torch.__version__, numpy=np.__version__,
+               scoresde_commit=commit, device=str(device))
+  if torch.device(device).type == 'cuda':
+    found['device_name'] = torch.cuda.get_device_name(device)
+  return found
+
+
+# ----------------------------------------------------------------------------- the mode
+
+def sample(config, workdir):
+  """Draw config.sample's images into workdir/generated/<out>/ (see the module doc).
+
+  Returns:
+    The folder (a pathlib.Path), on every process.
+  """
+  s = config.sample
+  if s.task not in TASKS:
+    raise ValueError(f'Unknown config.sample.task {s.task!r}; choose one of {", ".join(TASKS)}.')
+  seeds = parse_seeds(s.seeds, s.num)
+  if s.batch_size <= 0:
+    raise ValueError(f'config.sample.batch_size is {s.batch_size}; it must be at least 1.')
+  checkpoint = resolve_checkpoint(workdir, s.ckpt)
+  with run_lib.process_group(config) as (rank, world):
+    return _sample(config, workdir, seeds, checkpoint, rank, world)
+
+
+def _sample(config, workdir, seeds, checkpoint, rank, world):
+  s = config.sample
+  sde, eps = build_sde(config)
+  task = TASKS[s.task](config, workdir, sde, eps)  # checks the sampler and inputs before loading
+  model, step = load_score_model(config, checkpoint, s.ema)
+  ident = identity(config, checkpoint, step, task)
+  folder = pathlib.Path(workdir) / 'generated' / (s.out or default_out(config, step, ident))
+  meta = open_folder(folder, ident)
+  meta = dict(meta, **ident, seeds=[seeds[0], seeds[-1]], batch_size=s.batch_size,
+              world_size=world, batches=meta.get('batches', []),
+              wall_time_s=meta.get('wall_time_s', 0.), versions=versions(config.device))
+  pending = [k for k in seeds if not _png_path(folder, k).exists()]
+  if world > 1:
+    dist.barrier()  # every rank lists the pending seeds before any rank writes one
+  if rank == 0:
+    _write_json(folder / 'meta.json', meta)
+    logging.info('%s: %d images (seeds %d-%d, %d of them drawn before) from %s (step %d, %s '
+                 'weights), %s, batches of %d, %d process(es), into %s', s.task, len(seeds),
+                 seeds[0], seeds[-1], len(seeds) - len(pending), checkpoint, step,
+                 'EMA' if s.ema else 'raw', task.describe(), s.batch_size, world, folder)
+    if s.task == 'generate' and config.sampling.method.lower() == 'ode' and \
+        config.sampling.get('ode_method', 'RK45') in ('RK45', 'dopri5'):
+      logging.warning('Adaptive ODE solvers choose one step sequence per batch: an image moves '
+                      'with its batch-mates within the tolerances. A fixed-step ode_method '
+                      'makes it independent of the batch.')
+  start = time.time()
+  records = draw(task, model, config, folder, pending[rank::world], rank,
+                 meta if rank == 0 else None)
+  if world > 1:
+    gathered = [None] * world
+    dist.all_gather_object(gathered, records)  # also waits for every rank's images
+    records = [r for part in gathered for r in part]
+  if rank == 0:
+    assemble(task, config, folder, seeds)
+    meta.update(batches=meta['batches'] + records,
+                wall_time_s=round(meta['wall_time_s'] + time.time() - start, 3))
+    _write_json(folder / 'meta.json', meta)
+    logging.info('Wrote %d images to %s', len(seeds), folder)
+  return folder
+
+
+def draw(task, model, config, folder, seeds, rank, meta=None):
+  """Draw `seeds` in batches of config.sample.batch_size and write each image's PNG.
+
+  Returns the batch records {rank, seeds, nfe, seconds}; with `meta` (rank 0), meta.json is
+  rewritten after every batch, so that a killed run keeps them.
+  """
+  from tqdm import tqdm
+  size, records = config.sample.batch_size, []
+  bar = tqdm(total=len(seeds), desc='sample', unit='img', disable=None if rank == 0 else True)
+  for i in range(0, len(seeds), size):
+    batch = seeds[i:i + size]
+    begin = time.time()
+    x, nfe = task.draw(model, batch, image_generators(config.seed, batch, config.device))
+    for k, image in zip(batch, _to_uint8(x)):
+      write_png(_png_path(folder, k), image)
+    seconds = round(time.time() - begin, 3)
+    records.append(dict(rank=rank, seeds=batch, nfe=int(nfe), seconds=seconds))
+    logging.info('rank %d: seeds %d-%d, %d images, %d NFE, %.2f s', rank, batch[0], batch[-1],
+                 len(batch), nfe, seconds)
+    bar.update(len(batch))
+    if meta is not None:
+      _write_json(folder / 'meta.json', dict(meta, batches=meta['batches'] + records))
+  bar.close()
+  return records
+
+
+def assemble(task, config, folder, seeds):
+  """samples.npz (uint8 (N, H, W, C) in seed order), grid.png and the task's previews of the
+  first 256 seeds, from the PNGs of `seeds`."""
+  missing = [k for k in seeds if not _png_path(folder, k).exists()]
+  if missing:
+    raise RuntimeError(f'{len(missing)} images of {folder} are missing (seeds {missing[:5]}...): '
+                       'run the same command again to draw them.')
+  samples = np.stack([read_png(_png_path(folder, k), config.data.num_channels) for k in seeds])
+  _savez(folder / 'samples.npz', samples=samples)
+  save_grid(samples[:256], folder / 'grid.png')
+  for name, images in task.previews(seeds[:256]).items():
+    save_grid(images, folder / name)
