@@ -110,7 +110,7 @@ def _resize_uint8(images, size, mode='bilinear'):
   return (x.clamp(0, 1) * 255.).round().to(torch.uint8)
 
 
-def _pil_transform(size, crop=None, resize_then_crop=False, interpolation='bilinear'):
+def pil_transform(size, crop=None, resize_then_crop=False, interpolation='bilinear'):
   """PIL image -> uint8 (3, size, size): centre crop (`crop` px, or the largest square when
   crop='square'), then an antialiased resize; or with `resize_then_crop` resize the short side to
   `size` and centre-crop."""
@@ -180,7 +180,7 @@ def _celeba(config, train, root, download):
   from torchvision.datasets import CelebA
   base = _torchvision('CELEBA', CelebA, root, download, split='train' if train else 'valid',
                       target_type=[])
-  return TransformedImages(base, _pil_transform(config.data.image_size, crop=140))
+  return TransformedImages(base, pil_transform(config.data.image_size, crop=140))
 
 
 @DATASETS.register(name='LSUN')
@@ -200,8 +200,8 @@ def _lsun(config, train, root, download):
   size = config.data.image_size
   # The paper's code: at 128 px resize the short side then centre-crop; otherwise centre-crop
   # the largest square and resize it (bicubic).
-  transform = (_pil_transform(size, resize_then_crop=True) if size == 128
-               else _pil_transform(size, crop='square', interpolation='bicubic'))
+  transform = (pil_transform(size, resize_then_crop=True) if size == 128
+               else pil_transform(size, crop='square', interpolation='bicubic'))
   return TransformedImages(base, transform)
 
 
@@ -210,7 +210,7 @@ def _image_folder(name, config, root):
     raise _not_found(name, root, f'{name} is read from a folder of images: put the images '
                      f'(e.g. PNGs at {config.data.image_size}x{config.data.image_size}) under a '
                      'folder and pass --config.data.root=/path/to/folder.')
-  ds = ImageFolderFlat(root, _pil_transform(config.data.image_size, crop='square'))
+  ds = ImageFolderFlat(root, pil_transform(config.data.image_size, crop='square'))
   if len(ds) == 0:
     raise _not_found(name, root, f'The folder holds no images ({", ".join(sorted(_IMAGE_SUFFIXES))}).')
   return ds

@@ -55,14 +55,14 @@ import sde_lib
 
 # ----------------------------------------------------------------------------- small helpers
 
-def _savez(path, *args, **arrays):
+def savez_atomic(path, *args, **arrays):
   """np.savez_compressed, atomically: a file that exists is complete."""
   tmp = f'{path}.tmp.npz'
   np.savez_compressed(tmp, *args, **arrays)
   os.replace(tmp, path)
 
 
-def _seed(*parts):
+def derive_seed(*parts):
   """A 63-bit seed from integers (config.seed, checkpoint, batch or round, ...)."""
   return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> 1)
 
@@ -78,7 +78,7 @@ def _barrier():
     dist.barrier()
 
 
-def _to_uint8(samples):
+def to_uint8(samples):
   """Samples in [0, 1], (B, C, H, W) -> uint8 (B, H, W, C), truncated as the reference does."""
   x = samples.detach().permute(0, 2, 3, 1).cpu().numpy()
   return np.clip(x * 255., 0, 255).astype(np.uint8)
@@ -143,13 +143,13 @@ def eval_loss(config, state, sde, eval_ds, scaler, out_path):
     return float(np.load(out_path)['mean_loss'])
   logging.info('Loss of the EMA weights on %d test batches of %d images', len(eval_ds),
                config.eval.batch_size)
-  generator = torch.Generator(device=config.device).manual_seed(_seed(config.seed, 0))
+  generator = torch.Generator(device=config.device).manual_seed(derive_seed(config.seed, 0))
   step = losses.get_step_fn(sde, train=False, reduce_mean=config.training.reduce_mean,
                             continuous=config.training.continuous,
                             likelihood_weighting=config.training.likelihood_weighting,
                             generator=generator)
   all_losses = np.asarray([step(state, scaler(batch.to(config.device))).item() for batch in eval_ds])
-  _savez(out_path, all_losses=all_losses, mean_loss=all_losses.mean())
+  savez_atomic(out_path, all_losses=all_losses, mean_loss=all_losses.mean())
   return float(all_losses.mean())
 
 
@@ -178,11 +178,11 @@ def eval_bpd(config, model, likelihood_fn, ds_bpd, num_repeats, scaler, eval_dir
     for k, batch in enumerate(stream):
       if k not in todo:
         continue
-      generator = torch.Generator(device=config.device).manual_seed(_seed(config.seed, ckpt, k))
+      generator = torch.Generator(device=config.device).manual_seed(derive_seed(config.seed, ckpt, k))
       start = time.perf_counter()
       bpd, _, nfe = likelihood_fn(model, scaler(batch.to(config.device)), generator=generator)
       bpd = bpd.detach().cpu().numpy().reshape(-1)
-      _savez(bpd_file(eval_dir, config, ckpt, k), bpd)
+      savez_atomic(bpd_file(eval_dir, config, ckpt, k), bpd)
       bar.update(1)
       logging.info('ckpt %d, repeat %d, batch %d: mean bpd %.6f (%d evaluations, %.1f s)', ckpt,
                    k // len(ds_bpd), k % len(ds_bpd), bpd.mean(), nfe, time.perf_counter() - start)
@@ -212,15 +212,15 @@ def sample_round(config, model, sampling_fn, inception, sample_dir, ckpt, r):
     samples = np.load(samples_path)['samples']
   else:
     start = time.perf_counter()
-    generator = torch.Generator(device=config.device).manual_seed(_seed(config.seed, ckpt, r, 1))
+    generator = torch.Generator(device=config.device).manual_seed(derive_seed(config.seed, ckpt, r, 1))
     with torch.no_grad():
       x, nfe = sampling_fn(model, generator=generator)
-    samples = _to_uint8(x)
-    _savez(samples_path, samples=samples)
+    samples = to_uint8(x)
+    savez_atomic(samples_path, samples=samples)
     logging.info('ckpt %d, sampling round %d: %d samples, %d evaluations, %.1f s', ckpt, r,
                  len(samples), nfe, time.perf_counter() - start)
   latents = inception(samples)
-  _savez(stats_path, pool_3=latents['pool_3'], logits=latents['logits'])
+  savez_atomic(stats_path, pool_3=latents['pool_3'], logits=latents['logits'])
   return nfe
 
 
@@ -241,7 +241,7 @@ def write_report(eval_dir, ckpt, results):
   metrics = {k: v for k, v in results.items()
              if k in ('IS', 'IS_std', 'IS_1split', 'fid', 'kid', 'kid_std') or k.startswith('digits_')}
   if metrics:
-    _savez(os.path.join(eval_dir, f'report_{ckpt}.npz'), **metrics)
+    savez_atomic(os.path.join(eval_dir, f'report_{ckpt}.npz'), **metrics)
   summary_path = os.path.join(eval_dir, 'report.json')
   summary = {}
   if os.path.exists(summary_path):

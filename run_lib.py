@@ -123,21 +123,21 @@ def _global_mean(value, world):
 
 # --- Workdir and config -------------------------------------------------------------------------
 
-def _jsonable(value):
+def jsonable(value):
   if isinstance(value, dict):
-    return {k: _jsonable(v) for k, v in value.items()}
+    return {k: jsonable(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
-    return [_jsonable(v) for v in value]
+    return [jsonable(v) for v in value]
   if value is None or isinstance(value, (bool, int, float, str)):
     return value
   return str(value)  # torch.device, dtypes
 
 
-def _flatten(tree, prefix=''):
+def flatten_config(tree, prefix=''):
   flat = {}
   for key, value in tree.items():
     if isinstance(value, dict):
-      flat.update(_flatten(value, f'{prefix}{key}.'))
+      flat.update(flatten_config(value, f'{prefix}{key}.'))
     else:
       flat[prefix + key] = value
   return flat
@@ -150,11 +150,11 @@ def check_and_save_config(config, workdir):
     ValueError naming the entries that differ (changes in RESUMABLE_CHANGES are allowed).
   """
   path = os.path.join(workdir, 'config.json')
-  current = _jsonable(config.to_dict())
+  current = jsonable(config.to_dict())
   if os.path.exists(path):
     with open(path) as f:
-      saved = dict(ADDED_KEYS, **_flatten(json.load(f)))
-    now = _flatten(current)
+      saved = dict(ADDED_KEYS, **flatten_config(json.load(f)))
+    now = flatten_config(current)
     differ = sorted(k for k in set(saved) | set(now)
                     if saved.get(k, '<absent>') != now.get(k, '<absent>')
                     and not any(k == p or (p.endswith('.') and k.startswith(p)) for p in RESUMABLE_CHANGES))

@@ -39,7 +39,7 @@ import torch.distributed as dist
 import run_lib
 import sde_lib
 import utils
-from eval_lib import _savez, _seed, _to_uint8
+from eval_lib import derive_seed, savez_atomic, to_uint8
 from models import utils as mutils
 from models.ema import ExponentialMovingAverage
 from sample_tasks import TASKS, latest_checkpoint
@@ -65,12 +65,12 @@ def parse_seeds(seeds, num):
 
 def image_generators(seed, seeds, device):
   """One torch.Generator per image, image k's seeded by (seed, k) (eval_lib's seed hash)."""
-  return [torch.Generator(device=device).manual_seed(_seed(seed, k)) for k in seeds]
+  return [torch.Generator(device=device).manual_seed(derive_seed(seed, k)) for k in seeds]
 
 
 def _stored_step(path):
   """The step saved in a checkpoint, read without loading its tensors (mmap)."""
-  with torch.serialization.safe_globals(utils._numpy_scalar_globals()):
+  with torch.serialization.safe_globals(utils.numpy_scalar_globals()):
     return int(torch.load(path, map_location='cpu', mmap=True, weights_only=True)['step'])
 
 
@@ -144,7 +144,7 @@ def identity(config, checkpoint, step, task):
                sampler={k: v for k, v in config.sampling.to_dict().items() if k != 'progress'},
                sample=sample, model=config.model.to_dict(), data=data, seed=config.seed,
                sde=dict(name=config.training.sde, continuous=config.training.continuous))
-  return json.loads(json.dumps(run_lib._jsonable(found)))
+  return json.loads(json.dumps(run_lib.jsonable(found)))
 
 
 def default_out(config, step, ident):
@@ -185,7 +185,7 @@ def open_folder(folder, ident):
   if not meta_path.exists():
     return {}
   meta = _read_json(meta_path)
-  saved, now = run_lib._flatten({k: meta.get(k) for k in ident}), run_lib._flatten(ident)
+  saved, now = run_lib.flatten_config({k: meta.get(k) for k in ident}), run_lib.flatten_config(ident)
   differ = sorted(k for k in set(saved) | set(now)
                   if saved.get(k, '<absent>') != now.get(k, '<absent>'))
   if differ:
@@ -317,7 +317,7 @@ def draw(task, model, config, folder, seeds, rank, meta=None):
     batch = seeds[i:i + size]
     begin = time.time()
     x, nfe = task.draw(model, batch, image_generators(config.seed, batch, config.device))
-    for k, image in zip(batch, _to_uint8(x)):
+    for k, image in zip(batch, to_uint8(x)):
       write_png(_png_path(folder, k), image)
     seconds = round(time.time() - begin, 3)
     records.append(dict(rank=rank, seeds=batch, nfe=int(nfe), seconds=seconds))
@@ -338,7 +338,7 @@ def assemble(task, config, folder, seeds):
     raise RuntimeError(f'{len(missing)} images of {folder} are missing (seeds {missing[:5]}...): '
                        'run the same command again to draw them.')
   samples = np.stack([read_png(_png_path(folder, k), config.data.num_channels) for k in seeds])
-  _savez(folder / 'samples.npz', samples=samples)
+  savez_atomic(folder / 'samples.npz', samples=samples)
   save_grid(samples[:256], folder / 'grid.png')
   for name, images in task.previews(seeds[:256]).items():
     save_grid(images, folder / name)

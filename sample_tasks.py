@@ -18,7 +18,7 @@ import torch
 import controllable_generation as cg
 import datasets
 import sampling
-from eval_lib import _seed, _to_uint8
+from eval_lib import derive_seed, to_uint8
 
 MASKS = ('center', 'right', 'random')
 
@@ -130,7 +130,7 @@ class InputImages:
       path = pathlib.Path(folder).expanduser().resolve()
       if not path.is_dir():
         raise FileNotFoundError(f'config.sample.input={folder!r} is not a folder of images.')
-      transform = datasets._pil_transform(config.data.image_size, crop='square')
+      transform = datasets.pil_transform(config.data.image_size, crop='square')
       self.images, self.source = datasets.ImageFolderFlat(path, transform), str(path)
     else:
       build = datasets.DATASETS.get(config.data.dataset)
@@ -161,7 +161,7 @@ class _InverseProblem(_Controllable):
 
   def previews(self, seeds):
     x = self.inputs.batch(seeds)
-    return {'inputs.png': _to_uint8(x), 'masked.png': _to_uint8(self.shown(x, seeds))}
+    return {'inputs.png': to_uint8(x), 'masked.png': to_uint8(self.shown(x, seeds))}
 
 
 class Inpaint(_InverseProblem):
@@ -177,7 +177,7 @@ class Inpaint(_InverseProblem):
   def _masks(self, seeds):
     shape = _shape(self.config, 1)
     return torch.cat([make_mask(self.config.sample.mask, shape,
-                                torch.Generator().manual_seed(_seed(self.config.seed, k, 1)))
+                                torch.Generator().manual_seed(derive_seed(self.config.seed, k, 1)))
                       for k in seeds])
 
   def settings(self):

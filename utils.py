@@ -22,7 +22,7 @@ _PREFIX = 'module.'
 _SIGNATURES = pathlib.Path(__file__).resolve().parent / 'assets' / 'model_signatures.json'
 
 
-def _numpy_scalar_globals():
+def numpy_scalar_globals():
   """numpy objects that official checkpoints pickle (the warm-up lr is a numpy float64).
 
   They are plain data, so allowing them keeps `weights_only=True` safe; files written under
@@ -91,7 +91,7 @@ def load_checkpoint_file(path, device='cpu', trusted=False):
   try:
     if trusted:
       return torch.load(path, map_location=device, weights_only=False)
-    with torch.serialization.safe_globals(_numpy_scalar_globals()):
+    with torch.serialization.safe_globals(numpy_scalar_globals()):
       return torch.load(path, map_location=device, weights_only=True)
   except pickle.UnpicklingError as e:
     if 'Unsupported global' in str(e) or 'weights_only' in str(e):

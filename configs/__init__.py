@@ -63,6 +63,16 @@ def _resolve(path_or_name):
                    f'path). {hint} `configs.list_configs()` lists all {len(known)}.')
 
 
+def config_name(path_or_name):
+  """The name under configs/ ('ve/digits_ncsnpp_continuous') of a config path or name; a
+  ValueError for a file outside configs/ or an unknown name."""
+  path = _resolve(path_or_name)
+  try:
+    return _name_of(path)
+  except ValueError:
+    raise ValueError(f'{path} is not under {CONFIG_DIR}.') from None
+
+
 def load_config(path_or_name):
   """Build the `ConfigDict` of a config file.
 

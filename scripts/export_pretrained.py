@@ -54,8 +54,8 @@ def check_run_config(config, workdir):
   path = pathlib.Path(workdir) / 'config.json'
   if not path.is_file():
     raise FileNotFoundError(f'No {path}: not a training run of this repository.')
-  saved = run_lib._flatten(json.loads(path.read_text()))
-  now = run_lib._flatten(run_lib._jsonable(config.to_dict()))
+  saved = run_lib.flatten_config(json.loads(path.read_text()))
+  now = run_lib.flatten_config(run_lib.jsonable(config.to_dict()))
   ignored = run_lib.RESUMABLE_CHANGES
   differ = sorted(
     k for k in set(saved) | set(now)
@@ -109,7 +109,7 @@ def main(argv=None):
   parser.add_argument('--fingerprint', help='write the test fingerprint JSON here')
   args = parser.parse_args(argv)
 
-  name = configs._name_of(configs._resolve(args.config))  # 've/digits_ncsnpp_continuous'
+  name = configs.config_name(args.config)  # 've/digits_ncsnpp_continuous'
   config = configs.load_config(name)
   config.device = torch.device('cpu')
   check_run_config(config, args.workdir)

@@ -95,10 +95,10 @@ def test_seeds_parse():
 
 
 def test_image_generators_hash_the_config_seed_and_the_image():
-  from eval_lib import _seed
+  from eval_lib import derive_seed
   gens = sample_lib.image_generators(42, [0, 5], 'cpu')
-  assert gens[1].initial_seed() == _seed(42, 5) != gens[0].initial_seed() == _seed(42, 0)
-  assert sample_lib.image_generators(43, [5], 'cpu')[0].initial_seed() != _seed(42, 5)
+  assert gens[1].initial_seed() == derive_seed(42, 5) != gens[0].initial_seed() == derive_seed(42, 0)
+  assert sample_lib.image_generators(43, [5], 'cpu')[0].initial_seed() != derive_seed(42, 5)
 
 
 def test_checkpoint_resolution(trained, tmp_path):
@@ -309,9 +309,9 @@ def test_inpainting_keeps_the_known_half_of_each_input(trained, tmp_path):
                 sample__num=5)
   out = _samples(folder)
   inputs = sample_tasks.InputImages(tiny_config()).batch(range(5))
-  known = sample_lib._to_uint8(inputs)[:, :, :4]
+  known = sample_lib.to_uint8(inputs)[:, :, :4]
   assert np.array_equal(out[:, :, :4], known)  # left half: the digits themselves
-  assert not np.array_equal(out[:, :, 4:], sample_lib._to_uint8(inputs)[:, :, 4:])
+  assert not np.array_equal(out[:, :, 4:], sample_lib.to_uint8(inputs)[:, :, 4:])
   for name in ('inputs.png', 'masked.png'):  # 5 images: 3 columns, 2 rows
     assert Image.open(folder / name).size == (32, 22)
   masked = np.asarray(Image.open(folder / 'masked.png'))[2:10, 2:10]
@@ -342,9 +342,9 @@ def test_inpainting_a_folder_with_random_masks_per_image(trained, tmp_path):
   assert gray.shape == (2, 1, 8, 8)  # RGB files read as the config's one channel
   assert torch.equal(gray[0], gray[1])  # image 3 uses input 0 (3 mod 3)
   known = sample_tasks.make_mask('random', (1, 1, 8, 8), torch.Generator().manual_seed(
-    sample_tasks._seed(42, 3, 1)))[0, 0].bool().numpy()
+    sample_tasks.derive_seed(42, 3, 1)))[0, 0].bool().numpy()
   assert 0.2 < known.mean() < 0.8
-  assert np.array_equal(a[3, ..., 0][known], sample_lib._to_uint8(gray)[1, ..., 0][known])
+  assert np.array_equal(a[3, ..., 0][known], sample_lib.to_uint8(gray)[1, ..., 0][known])
 
 
 def test_colorization_keeps_the_gray_level(tmp_path):
