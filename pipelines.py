@@ -268,9 +268,13 @@ class ScoreSdeVePipeline:
     scheduler: a `ScoreSdeVeScheduler`.
     sample_size, num_channels: image shape; read from the model's config when not given
       (`config.data.image_size` / `num_channels` for ours, `config.sample_size` for diffusers').
+    precision: 'fp32' | 'bf16' | 'fp16': the network runs under autocast in that precision (as
+      config.sampling.precision does); the sampler's arithmetic stays float32.
   """
 
-  def __init__(self, unet, scheduler, sample_size=None, num_channels=None):
+  def __init__(self, unet, scheduler, sample_size=None, num_channels=None, precision='fp32'):
+    import precision as precision_lib
+    self.precision = precision_lib.check(precision)
     self.unet = unet
     self.scheduler = scheduler
     self.sample_size = sample_size
@@ -334,8 +338,11 @@ class ScoreSdeVePipeline:
     return int(channels), int(size)
 
   def _score(self, sample, sigma):
-    out = self.unet(sample, sigma)
-    return out.sample if hasattr(out, 'sample') else out
+    import precision as precision_lib
+    with precision_lib.autocast(self.precision, sample.device.type):
+      out = self.unet(sample, sigma)
+    out = out.sample if hasattr(out, 'sample') else out
+    return out.float()
 
   @torch.no_grad()
   def __call__(self, batch_size=1, num_inference_steps=2000, generator=None, output_type='pil',

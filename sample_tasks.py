@@ -17,6 +17,7 @@ import torch
 
 import controllable_generation as cg
 import datasets
+import precision
 import sampling
 from eval_lib import derive_seed, to_uint8
 
@@ -117,6 +118,8 @@ class _Controllable(Task):
                         n_steps=s.n_steps_each, probability_flow=s.probability_flow,
                         continuous=config.training.continuous, denoise=s.noise_removal, eps=eps)
     self.scaler = datasets.get_data_scaler(config)
+    # config.sampling.precision / compile / channels_last, as get_sampling_fn applies them.
+    self.network = precision.sampling_model_fn(config) or (lambda model: model)
 
 
 class InputImages:
@@ -191,7 +194,8 @@ class Inpaint(_InverseProblem):
     device = self.config.device
     data = self.scaler(self.inputs.batch(seeds).to(device))
     mask = self._masks(seeds).to(device)
-    return _count_calls(model, lambda: self.inpainter(model, data, mask, generator=generators))
+    return _count_calls(model, lambda: self.inpainter(self.network(model), data, mask,
+                                                      generator=generators))
 
   def describe(self):
     return f'PC inpainting of {self.inputs.source}, mask {self.config.sample.mask}'
@@ -212,7 +216,8 @@ class Colorize(_InverseProblem):
 
   def draw(self, model, seeds, generators):
     gray = self.scaler(self.shown(self.inputs.batch(seeds), seeds).to(self.config.device))
-    return _count_calls(model, lambda: self.colorizer(model, gray, generator=generators))
+    return _count_calls(model, lambda: self.colorizer(self.network(model), gray,
+                                                      generator=generators))
 
   def describe(self):
     return f'PC colorization of {self.inputs.source}'
@@ -244,7 +249,7 @@ class Conditional(_Controllable):
 
   def draw(self, model, seeds, generators):
     labels = torch.tensor(self.labels(seeds), device=self.config.device)
-    sampler = cg.get_pc_conditional_sampler(self.sde, model, self.classifier,
+    sampler = cg.get_pc_conditional_sampler(self.sde, self.network(model), self.classifier,
                                             _shape(self.config, len(seeds)), **self.options)
     return _count_calls(model, lambda: sampler(labels, generator=generators))
 

@@ -271,3 +271,26 @@ def test_pipeline_matches_diffusers(tmp_path):
   b = theirs(batch_size=2, num_inference_steps=2, generator=torch.Generator().manual_seed(0),
              output_type='np').images
   np.testing.assert_array_equal(a, b)
+
+
+def test_pipeline_precision_runs_the_network_under_autocast():
+  """precision='bf16' rounds the network (its score moves by ~1e-2 relative) and nothing else:
+  samples move a little, the output stays float32; an unknown precision is refused."""
+  model = tiny_ncsnpp()
+  outs = {}
+  for precision in ('fp32', 'bf16'):
+    pipe = _pipeline(model, _scheduler(num_train_timesteps=5), precision=precision)
+    outs[precision] = pipe(batch_size=2, num_inference_steps=5, output_type='np',
+                           generator=torch.Generator().manual_seed(0)).images
+  assert outs['bf16'].dtype == np.float32
+  diff = np.abs(outs['bf16'] - outs['fp32'])
+  assert 0 < diff.max() < 0.1, diff.max()
+  x = torch.randn(2, 3, 8, 8)
+  sigma = torch.full((2,), 3.)
+  exact = model(x, sigma)
+  rounded = _pipeline(model, _scheduler(), precision='bf16')._score(x, sigma)
+  assert rounded.dtype == torch.float32
+  rel = ((rounded - exact).norm() / exact.norm()).item()
+  assert 1e-4 < rel < 5e-2, rel
+  with pytest.raises(ValueError, match='Unknown precision'):
+    pipelines.ScoreSdeVePipeline(model, _scheduler(), precision='int8')

@@ -33,6 +33,9 @@ def tiny_config(**overrides):
   model.nf, model.ch_mult, model.num_scales, model.sigma_max = 8, (1, 2), 10, 1.
   model.dropout, model.ema_rate = 0., 0.9
   config.data.image_size = 8
+  # Data in [0, 1] as they are, so known pixels survive the uint8 truncation exactly (centered
+  # data come back through (2x - 1 + 1) / 2, which can land one ulp below x).
+  config.data.centered = False
   config.sampling.progress = False
   training = config.training
   training.batch_size, training.n_iters, training.snapshot_sampling = 16, 100, False
@@ -320,6 +323,18 @@ def test_inpainting_keeps_the_known_half_of_each_input(trained, tmp_path):
   assert meta['sample'] == {'task': 'inpaint', 'ema': True, 'pc_steps': 0,
                             'input': 'DIGITS eval split', 'mask': 'right'}
   assert meta['batches'][0]['nfe'] == 20
+
+
+def test_inverse_problems_run_the_network_in_the_sampling_precision(trained, tmp_path):
+  """config.sampling.precision reaches inpainting as it reaches get_sampling_fn: bf16 moves the
+  generated half a little (the network's rounding) and keeps the known half exact."""
+  common = dict(sample__ckpt=_ckpt(trained), sample__task='inpaint', sample__mask='right',
+                sample__num=4)
+  fp32 = _samples(_run(tmp_path, sample__out='fp32', **common)).astype(int)
+  bf16 = _samples(_run(tmp_path, sample__out='bf16', sampling__precision='bf16', **common)).astype(int)
+  assert np.array_equal(bf16[:, :, :4], fp32[:, :, :4])
+  diff = np.abs(bf16[:, :, 4:] - fp32[:, :, 4:])
+  assert 0 < diff.max() <= 40 and diff.mean() < 4, (diff.max(), diff.mean())
 
 
 def _image_folder(folder, count, size, seed):
