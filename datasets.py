@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+import distributed
 from registry import Registry
 
 DATASETS = Registry('dataset')
@@ -298,12 +299,6 @@ class ImageBatches:
     return torch.stack(out)
 
 
-def _dist_rank_world():
-  if torch.distributed.is_available() and torch.distributed.is_initialized():
-    return torch.distributed.get_rank(), torch.distributed.get_world_size()
-  return 0, 1
-
-
 def loader_workers(config, dataset):
   """Worker processes that load `dataset`: config.data.num_workers, or when it is None, 0 for
   in-memory datasets (DIGITS, CIFAR10, SVHN: one tensor gather per batch in this process; on 2
@@ -336,7 +331,7 @@ def get_dataset(config, uniform_dequantization=False, evaluation=False, with_lab
   download = bool(config.data.get('download', False))
   train_set = build(config, True, root, download)
   eval_set = build(config, False, root, download)
-  rank, world = _dist_rank_world()
+  rank, world = distributed.rank_world()
   batch_size = config.eval.batch_size if evaluation else config.training.batch_size
   pin = torch.device(config.get('device', 'cpu')).type == 'cuda' and torch.cuda.is_available()
   common = dict(uniform_dequantization=uniform_dequantization, rank=rank, world_size=world,

@@ -48,6 +48,7 @@ import datasets
 import evaluation
 import likelihood
 import losses
+import distributed
 import run_lib
 import sampling
 import sde_lib
@@ -65,17 +66,6 @@ def savez_atomic(path, *args, **arrays):
 def derive_seed(*parts):
   """A 63-bit seed from integers (config.seed, checkpoint, batch or round, ...)."""
   return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> 1)
-
-
-def _rank_world():
-  if dist.is_available() and dist.is_initialized():
-    return dist.get_rank(), dist.get_world_size()
-  return 0, 1
-
-
-def _barrier():
-  if _rank_world()[1] > 1:
-    dist.barrier()
 
 
 def to_uint8(samples):
@@ -163,7 +153,7 @@ def eval_bpd(config, model, likelihood_fn, ds_bpd, num_repeats, scaler, eval_dir
   Batch K = batch_id + len(ds_bpd) * repeat is skipped when its file exists, and handled by rank
   K mod world_size. Returns the mean bits/dim over all batches (on rank 0, once all are done).
   """
-  rank, world = _rank_world()
+  rank, world = distributed.rank_world()
   total = len(ds_bpd) * num_repeats
   pending = [k for k in range(rank, total, world) if not os.path.exists(bpd_file(eval_dir, config, ckpt, k))]
   if pending:
@@ -187,7 +177,7 @@ def eval_bpd(config, model, likelihood_fn, ds_bpd, num_repeats, scaler, eval_dir
       logging.info('ckpt %d, repeat %d, batch %d: mean bpd %.6f (%d evaluations, %.1f s)', ckpt,
                    k // len(ds_bpd), k % len(ds_bpd), bpd.mean(), nfe, time.perf_counter() - start)
     bar.close()
-  _barrier()
+  distributed.barrier()
   return float(np.concatenate([np.load(bpd_file(eval_dir, config, ckpt, k))['arr_0']
                                for k in range(total)]).mean())
 
@@ -282,7 +272,7 @@ def evaluate(config, workdir, eval_folder='eval'):
   Without the Inception weights or the dataset statistics, loss and bits/dim still run and the
   sampling evaluation stops with an error naming the missing file (raised at the end).
   """
-  with run_lib.process_group(config) as (rank, _):
+  with distributed.process_group(config) as (rank, _):
     _evaluate(config, workdir, eval_folder, rank)
 
 
@@ -336,7 +326,7 @@ def build_tools(config, sde, sampling_eps):
 def sample_and_score(config, model, tools, sample_dir, ckpt, rank):
   """This rank's sampling rounds (R = rank, rank + world, ...), then (rank 0) the metrics."""
   os.makedirs(sample_dir, exist_ok=True)
-  _, world = _rank_world()
+  _, world = distributed.rank_world()
   rounds = [r for r in range(rank, num_sampling_rounds(config), world)
             if not os.path.exists(os.path.join(sample_dir, f'statistics_{r}.npz'))]
   if rounds:
@@ -345,7 +335,7 @@ def sample_and_score(config, model, tools, sample_dir, ckpt, rank):
                  config.sampling.method, config.eval.num_samples, tools['inception'].mode)
   for r in tqdm(rounds, desc=f'sampling ckpt {ckpt}', unit='round', disable=rank != 0):
     sample_round(config, model, tools['sampling_fn'], tools['inception'], sample_dir, ckpt, r)
-  _barrier()
+  distributed.barrier()
   return compute_metrics(config, sample_dir, tools['score']) if rank == 0 else {}
 
 
@@ -392,7 +382,7 @@ def fid_stats(config, workdir=None):
   Written once by rank 0 (the file holds raw pool_3 features plus their mean and covariance,
   and the Inception mode). `workdir` is unused; it keeps the signature of the other modes.
   """
-  with run_lib.process_group(config) as (rank, _):
+  with distributed.process_group(config) as (rank, _):
     pass  # only rank 0 works: the group is joined to learn the rank
   if rank != 0:
     return None

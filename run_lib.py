@@ -18,9 +18,6 @@ Multi-GPU: under `torchrun --nproc_per_node=N` (WORLD_SIZE set) training uses
 DistributedDataParallel; config.training.batch_size stays the global batch, each rank loads its
 DistributedSampler shard, and rank 0 logs and writes checkpoints and samples.
 """
-import contextlib
-import gc
-import json
 import logging
 import math
 import os
@@ -33,140 +30,18 @@ import torch.distributed as dist
 
 import datasets
 import losses
+from distributed import global_mean, process_group
+from run_config import check_and_save_config
 import precision as precision_lib
 import sde_lib
 from models import utils as mutils
 from models.ema import ExponentialMovingAverage
 from utils import restore_checkpoint, save_checkpoint
 
-# Config entries that may change between a run and its resumption (they do not change the
-# weights a step produces). Any other difference makes `train` refuse the workdir.
-# training.compile / compile_mode / cudnn_benchmark change how kernels are scheduled, not the
-# math: like 'device' or the thread count they can move the last bits of float32 rounding, and a
-# run may resume on a machine without a compiler or GPU. training.precision, tf32,
-# model.channels_last and optim.adam_impl change the numbers of every step (rounding at 1e-3 for
-# bf16, other convolution algorithms) and are fixed for a run.
-RESUMABLE_CHANGES = ('training.n_iters', 'training.log_freq', 'training.eval_freq',
-                     'training.snapshot_freq', 'training.snapshot_freq_for_preemption',
-                     'training.snapshot_sampling', 'training.compile', 'training.compile_mode',
-                     'training.cudnn_benchmark', 'eval.', 'sampling.', 'device', 'data.root',
-                     'data.download', 'data.num_workers', 'classifier.', 'sample.')
-# Keys added to the defaults after runs were written, with the value those runs had in effect:
-# a config.json without one reads as holding that value, so such runs still resume.
-ADDED_KEYS = {'training.precision': 'fp32', 'training.tf32': None, 'model.channels_last': False,
-              'optim.adam_impl': 'default'}
-
-
 def evaluate(config, workdir, eval_folder='eval'):
   """Evaluate the checkpoints of `workdir` (see eval_lib.evaluate); imported on first use."""
   from eval_lib import evaluate as _evaluate
   return _evaluate(config, workdir, eval_folder)
-
-
-# --- Distributed set-up -------------------------------------------------------------------------
-
-def init_distributed(config):
-  """Join the process group torchrun describes (WORLD_SIZE, RANK, LOCAL_RANK), if any.
-
-  Uses NCCL on CUDA (one GPU per local rank; config.device is set to it) and gloo on CPU.
-  Returns (rank, world_size, joined): (0, 1, False) for a plain `python` run; `joined` says
-  that this call created the group (and the caller should destroy it).
-  """
-  if dist.is_available() and dist.is_initialized():
-    return dist.get_rank(), dist.get_world_size(), False
-  if int(os.environ.get('WORLD_SIZE', '1')) <= 1:
-    return 0, 1, False
-  if config.device.type == 'cuda':
-    local_rank = int(os.environ.get('LOCAL_RANK', '0'))
-    torch.cuda.set_device(local_rank)
-    config.device = torch.device('cuda', local_rank)
-  dist.init_process_group('nccl' if config.device.type == 'cuda' else 'gloo')
-  return dist.get_rank(), dist.get_world_size(), True
-
-
-@contextlib.contextmanager
-def process_group(config):
-  """Run a block inside torchrun's process group: join it (`init_distributed`), yield
-  (rank, world_size), and leave it at the end if this call joined it.
-
-  Leaving destroys the group while this process is fully alive and its peers are done. Without
-  that, two-process gloo runs aborted at exit after finishing their work ('terminate called
-  without an active exception', SIGABRT; 4 of 14 runs of the DDP test on 2 CPU cores): DDP's
-  reducer, which holds the group, sits in reference cycles and outlived the group's destruction,
-  and a rank could tear the group down while the other was still using it. A collection and a
-  barrier each removed the abort on their own (12 runs each); both are kept. After an error the
-  barrier is skipped: another rank may never arrive.
-  """
-  rank, world, joined = init_distributed(config)
-  if not joined:
-    yield rank, world
-    return
-  try:
-    yield rank, world
-  except BaseException:
-    gc.collect()
-    dist.destroy_process_group()
-    raise
-  gc.collect()
-  dist.barrier()
-  dist.destroy_process_group()
-
-
-def _global_mean(value, world):
-  """Average a 0-d tensor over ranks (all ranks get the global batch's loss)."""
-  if world > 1:
-    value = value.detach().clone()
-    dist.all_reduce(value)
-    value /= world
-  return value
-
-
-# --- Workdir and config -------------------------------------------------------------------------
-
-def jsonable(value):
-  if isinstance(value, dict):
-    return {k: jsonable(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [jsonable(v) for v in value]
-  if value is None or isinstance(value, (bool, int, float, str)):
-    return value
-  return str(value)  # torch.device, dtypes
-
-
-def flatten_config(tree, prefix=''):
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(flatten_config(value, f'{prefix}{key}.'))
-    else:
-      flat[prefix + key] = value
-  return flat
-
-
-def check_and_save_config(config, workdir):
-  """Write the resolved config to workdir/config.json, refusing a workdir of another run.
-
-  Raises:
-    ValueError naming the entries that differ (changes in RESUMABLE_CHANGES are allowed).
-  """
-  path = os.path.join(workdir, 'config.json')
-  current = jsonable(config.to_dict())
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = dict(ADDED_KEYS, **flatten_config(json.load(f)))
-    now = flatten_config(current)
-    differ = sorted(k for k in set(saved) | set(now)
-                    if saved.get(k, '<absent>') != now.get(k, '<absent>')
-                    and not any(k == p or (p.endswith('.') and k.startswith(p)) for p in RESUMABLE_CHANGES))
-    if differ:
-      details = '; '.join(f'{k}: {saved.get(k, "<absent>")!r} there, {now.get(k, "<absent>")!r} now'
-                          for k in differ[:8])
-      raise ValueError(f'Workdir {workdir} holds a run of another config ({details}). Use a new '
-                       '--workdir, or the config saved in config.json to resume that run.')
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(current, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
 
 
 # --- Randomness ---------------------------------------------------------------------------------
@@ -288,7 +163,7 @@ def log_scalars(writer, step, **scalars):
 def eval_loss(eval_step, state, eval_iter, scaler, config, world):
   """Loss of the EMA weights on one evaluation batch (mean over ranks)."""
   batch = scaler(_to_device(next(eval_iter), config))
-  return _global_mean(eval_step(state, batch), world).item()
+  return global_mean(eval_step(state, batch), world).item()
 
 
 def save_samples(sampler, model, ema, sample_dir, step, config, rank, world):
@@ -435,7 +310,7 @@ def _train(config, workdir, rank, world):
   pending = []  # training losses (0-d tensors) not read yet: steps do not wait for the device
   for step in range(initial_step, tc.n_iters + 1):
     batch = scaler(_to_device(next(train_iter), config))
-    pending.append(_global_mean(train_step(state, batch), world))
+    pending.append(global_mean(train_step(state, batch), world))
     snapshot = (step != 0 and step % tc.snapshot_freq == 0) or step == tc.n_iters
     preemption = (step != 0 and step % tc.snapshot_freq_for_preemption == 0) or step == tc.n_iters
     if main_process:

@@ -36,7 +36,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-import run_lib
+import distributed
+import run_config
 import sde_lib
 import utils
 from eval_lib import derive_seed, savez_atomic, to_uint8
@@ -144,7 +145,7 @@ def identity(config, checkpoint, step, task):
                sampler={k: v for k, v in config.sampling.to_dict().items() if k != 'progress'},
                sample=sample, model=config.model.to_dict(), data=data, seed=config.seed,
                sde=dict(name=config.training.sde, continuous=config.training.continuous))
-  return json.loads(json.dumps(run_lib.jsonable(found)))
+  return json.loads(json.dumps(run_config.jsonable(found)))
 
 
 def default_out(config, step, ident):
@@ -185,7 +186,7 @@ def open_folder(folder, ident):
   if not meta_path.exists():
     return {}
   meta = _read_json(meta_path)
-  saved, now = run_lib.flatten_config({k: meta.get(k) for k in ident}), run_lib.flatten_config(ident)
+  saved, now = run_config.flatten_config({k: meta.get(k) for k in ident}), run_config.flatten_config(ident)
   differ = sorted(k for k in set(saved) | set(now)
                   if saved.get(k, '<absent>') != now.get(k, '<absent>'))
   if differ:
@@ -259,7 +260,7 @@ def sample(config, workdir):
   if s.batch_size <= 0:
     raise ValueError(f'config.sample.batch_size is {s.batch_size}; it must be at least 1.')
   checkpoint = resolve_checkpoint(workdir, s.ckpt)
-  with run_lib.process_group(config) as (rank, world):
+  with distributed.process_group(config) as (rank, world):
     return _sample(config, workdir, seeds, checkpoint, rank, world)
 
 

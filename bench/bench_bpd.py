@@ -4,7 +4,7 @@ network's own forward pass.
 Each NFE of the likelihood ODE is one forward and one vector-Jacobian product of the score
 network (the Hutchinson-Skilling divergence), so its floor is roughly one forward plus one
 backward; the reference spends 2.0 s per NFE for a 0.55-0.66 s forward (ve/cifar10_ncsnpp_continuous,
-batch 4, CPU; /work/shared/measurements.md).
+batch 4, CPU; the project's shared measurements).
 
     python bench/bench_bpd.py                      # tiny 16x16 NCSN++ (the parity fixture), batch 4
     python bench/bench_bpd.py --full               # also ve/cifar10_ncsnpp_continuous (slow on CPU)

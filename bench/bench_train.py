@@ -6,7 +6,7 @@ achieved FLOP/s against the device's dense peak (bench/report.py's PEAK_TFLOPS).
     python bench/bench_train.py --configs ve/digits_ncsnpp_continuous --batch 64
     python bench/bench_train.py --device cuda --batch 128 --precision bf16 --channels-last --compile
 
-The reference on this kind of machine (/work/shared/measurements.md): 4.5-4.9 s per step of 8
+The reference on this kind of machine (the project's shared measurements): 4.5-4.9 s per step of 8
 images on 2 threads (~1.7 images/s). Reports the median over --steps after warm-up steps (two
 with --compile: the first compiles); prints a table and writes bench/results/bench_train.json
 (--out). FLOPs are those of matmuls and convolutions (torch's FlopCounterMode), counted once.

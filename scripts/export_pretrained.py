@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 import configs  # noqa: E402
 import pretrained  # noqa: E402
-import run_lib  # noqa: E402
+import run_config  # noqa: E402
 import sample_lib  # noqa: E402
 from models.ema import ExponentialMovingAverage  # noqa: E402
 from models.utils import create_model  # noqa: E402
@@ -54,9 +54,9 @@ def check_run_config(config, workdir):
   path = pathlib.Path(workdir) / 'config.json'
   if not path.is_file():
     raise FileNotFoundError(f'No {path}: not a training run of this repository.')
-  saved = run_lib.flatten_config(json.loads(path.read_text()))
-  now = run_lib.flatten_config(run_lib.jsonable(config.to_dict()))
-  ignored = run_lib.RESUMABLE_CHANGES
+  saved = run_config.flatten_config(json.loads(path.read_text()))
+  now = run_config.flatten_config(run_config.jsonable(config.to_dict()))
+  ignored = run_config.RESUMABLE_CHANGES
   differ = sorted(
     k for k in set(saved) | set(now)
     if k.startswith(_WEIGHT_SECTIONS) and saved.get(k, '<absent>') != now.get(k, '<absent>')
@@ -126,7 +126,9 @@ def main(argv=None):
   written = datetime.datetime.fromtimestamp(ckpt.stat().st_mtime, datetime.timezone.utc)
   meta = {'config': name, 'step': step, 'date': written.strftime('%Y-%m-%d'),
           'eval_loss': loss, 'eval_loss_step': loss_step, 'dtype': 'float16',
-          'command': f'python main.py --config configs/{name}.py --workdir {args.workdir} '
+          # The run's folder name only: the file must not name a path of the machine it was made on.
+          'command': f'python main.py --config configs/{name}.py --workdir runs/'
+                     f'{pathlib.Path(args.workdir).resolve().name} '
                      '--mode train',
           'source': os.path.relpath(ckpt, pathlib.Path(args.workdir).resolve().parent)}
   save_atomic(release_state(model, ema, step, meta), args.out)

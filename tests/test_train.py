@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 import losses
+import run_config
 import run_lib
 import sde_lib
 from configs import load_config
@@ -266,7 +267,7 @@ def test_resuming_may_change_compilation_but_not_precision(tmp_path):
     run_lib.train(tiny_config(2, **{'model.channels_last': True}), str(tmp_path))
   # A run written before these keys existed resumes: absent keys read as their old value.
   saved = json.loads((tmp_path / 'config.json').read_text())
-  for section, key in [k.split('.') for k in run_lib.ADDED_KEYS]:
+  for section, key in [k.split('.') for k in run_config.ADDED_KEYS]:
     del saved[section][key]
   (tmp_path / 'config.json').write_text(json.dumps(saved))
   run_lib.check_and_save_config(tiny_config(2, **{'training.compile': True}), str(tmp_path))

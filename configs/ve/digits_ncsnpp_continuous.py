@@ -1,4 +1,4 @@
-"""NCSN++ with the VE SDE on the embedded 16x16 digits: the quick start (2,000 steps, ~QUICKSTART
+"""NCSN++ with the VE SDE on the embedded 16x16 digits: the quick start (2,000 steps, ~5
 minutes on 2 CPU cores), clean digits under every sampler.
 
     python main.py --config configs/ve/digits_ncsnpp_continuous.py --workdir runs/digits --mode train

@@ -1,5 +1,5 @@
 """DDPM++ with the VP SDE on the embedded 16x16 digits: the quick start's VP twin (2,000 steps,
-~QUICKSTART minutes on 2 CPU cores), clean digits under every sampler.
+~5 minutes on 2 CPU cores), clean digits under every sampler.
 
 The same small network as configs/ve/digits_ncsnpp_continuous.py with DDPM++'s choices
 (positional time embedding, data in [-1, 1], noise prediction, mean-reduced loss), and
