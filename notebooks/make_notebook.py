@@ -336,7 +336,7 @@ show(images, f'pipeline, {steps} steps: max |pipeline - PC sampler of section 3|
   ('md', '''\
 ## Where next
 
-- Train the digits model yourself (about 10 minutes on 2 CPU cores):
+- Train the digits model yourself (about 5 minutes on 2 CPU cores):
   `python main.py --config configs/ve/digits_ncsnpp_continuous.py --workdir runs/digits --mode train`;
   `scripts/export_pretrained.py` turns a run into a file like the one used here.
 - Images from any checkpoint with any sampler, one PNG per seed: `main.py --mode sample`.
