@@ -45,13 +45,14 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 import datasets
+import distributed
 import evaluation
 import likelihood
 import losses
-import distributed
 import run_lib
 import sampling
 import sde_lib
+import utils
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -113,10 +114,9 @@ def restore_ckpt(config, state, path, retries=2, retry_wait_s=60.):
   A file written by the official code (not atomically) can be read while still incomplete, so a
   corrupt read is retried after `retry_wait_s`.
   """
-  from utils import restore_checkpoint
   for attempt in range(retries + 1):
     try:
-      restore_checkpoint(path, state, device=config.device)
+      utils.restore_checkpoint(path, state, device=config.device)
       break
     except RuntimeError:
       if attempt == retries:
@@ -238,10 +238,7 @@ def write_report(eval_dir, ckpt, results):
     with open(summary_path) as f:
       summary = json.load(f)
   summary.setdefault(str(ckpt), {}).update({k: float(v) for k, v in results.items()})
-  tmp = summary_path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(summary, f, indent=1, sort_keys=True)
-  os.replace(tmp, summary_path)
+  utils.write_json_atomic(summary_path, summary, indent=1, sort_keys=True)
   logging.info('ckpt %d: %s', ckpt, ', '.join(f'{k} {v:.6g}' for k, v in sorted(results.items())))
 
 

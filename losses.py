@@ -70,14 +70,14 @@ def optimization_manager(config):
         group['lr'] = new_lr
     params = [p for p in params if p.grad is not None]
     max_norm = grad_clip if grad_clip >= 0 else math.inf
-    if scaler is None:
-      grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm=max_norm)
-      optimizer.step()
-      return grad_norm
-    scaler.unscale_(optimizer)
+    if scaler is not None:
+      scaler.unscale_(optimizer)  # clip the true gradients
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm=max_norm)
-    scaler.step(optimizer)
-    scaler.update()
+    if scaler is None:
+      optimizer.step()
+    else:
+      scaler.step(optimizer)
+      scaler.update()
     return grad_norm
 
   return optimize_fn

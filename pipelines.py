@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 import hub
+import precision as precision_lib
 from sde_lib import randn as _randn  # diffusers' randn_tensor: a list of B generators, one per row
 
 _CONFIG_NAME = 'scheduler_config.json'
@@ -273,7 +274,6 @@ class ScoreSdeVePipeline:
   """
 
   def __init__(self, unet, scheduler, sample_size=None, num_channels=None, precision='fp32'):
-    import precision as precision_lib
     self.precision = precision_lib.check(precision)
     self.unet = unet
     self.scheduler = scheduler
@@ -338,7 +338,6 @@ class ScoreSdeVePipeline:
     return int(channels), int(size)
 
   def _score(self, sample, sigma):
-    import precision as precision_lib
     with precision_lib.autocast(self.precision, sample.device.type):
       out = self.unet(sample, sigma)
     out = out.sample if hasattr(out, 'sample') else out

@@ -4,6 +4,8 @@ checked when a run resumes, so that a workdir never mixes two configs.
 import json
 import os
 
+import utils
+
 # Config entries that may change between a run and its resumption (they do not change the
 # weights a step produces). Any other difference makes `train` refuse the workdir.
 # training.compile / compile_mode / cudnn_benchmark change how kernels are scheduled, not the
@@ -64,7 +66,4 @@ def check_and_save_config(config, workdir):
                           for k in differ[:8])
       raise ValueError(f'Workdir {workdir} holds a run of another config ({details}). Use a new '
                        '--workdir, or the config saved in config.json to resume that run.')
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(current, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  utils.write_json_atomic(path, current, indent=2, sort_keys=True)

@@ -30,12 +30,12 @@ import torch.distributed as dist
 
 import datasets
 import losses
-from distributed import global_mean, process_group
-from run_config import check_and_save_config
 import precision as precision_lib
 import sde_lib
+from distributed import global_mean, process_group
 from models import utils as mutils
 from models.ema import ExponentialMovingAverage
+from run_config import check_and_save_config
 from utils import restore_checkpoint, save_checkpoint
 
 def evaluate(config, workdir, eval_folder='eval'):

@@ -160,13 +160,6 @@ def _read_json(path):
     return json.load(f)
 
 
-def _write_json(path, value):
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(value, f, indent=1)
-  os.replace(tmp, path)
-
-
 def open_folder(folder, ident):
   """Create `folder`/images (checking that it can be written) and return its meta.json so far.
 
@@ -279,7 +272,7 @@ def _sample(config, workdir, seeds, checkpoint, rank, world):
   if world > 1:
     dist.barrier()  # every rank lists the pending seeds before any rank writes one
   if rank == 0:
-    _write_json(folder / 'meta.json', meta)
+    utils.write_json_atomic(folder / 'meta.json', meta, indent=1)
     logging.info('%s: %d images (seeds %d-%d, %d of them drawn before) from %s (step %d, %s '
                  'weights), %s, batches of %d, %d process(es), into %s', s.task, len(seeds),
                  seeds[0], seeds[-1], len(seeds) - len(pending), checkpoint, step,
@@ -300,7 +293,7 @@ def _sample(config, workdir, seeds, checkpoint, rank, world):
     assemble(task, config, folder, seeds)
     meta.update(batches=meta['batches'] + records,
                 wall_time_s=round(meta['wall_time_s'] + time.time() - start, 3))
-    _write_json(folder / 'meta.json', meta)
+    utils.write_json_atomic(folder / 'meta.json', meta, indent=1)
     logging.info('Wrote %d images to %s', len(seeds), folder)
   return folder
 
@@ -326,7 +319,8 @@ def draw(task, model, config, folder, seeds, rank, meta=None):
                  len(batch), nfe, seconds)
     bar.update(len(batch))
     if meta is not None:
-      _write_json(folder / 'meta.json', dict(meta, batches=meta['batches'] + records))
+      utils.write_json_atomic(folder / 'meta.json', dict(meta, batches=meta['batches'] + records),
+                              indent=1)
   bar.close()
   return records
 

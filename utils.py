@@ -57,29 +57,44 @@ def _portable_optimizer_state(optimizer):
   return dict(state_dict, state=_contiguous(state_dict['state']), param_groups=groups)
 
 
-def save_checkpoint(path, state):
-  """Write `state` to `path` atomically (a temporary file in the same folder, then a rename).
-
-  A crash or SIGKILL during the write leaves the previous file at `path` untouched.
-  """
+def torch_save_atomic(obj, path, mode=None):
+  """torch.save `obj` to `path` atomically: a temporary file in the same folder, synced, then
+  renamed, so a crash or SIGKILL during the write leaves the previous file at `path` untouched.
+  `mode` sets the file's permissions (the temporary file is created 0600)."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  model_sd = unwrap(state['model']).state_dict()
-  saved = {k: v for k, v in state.items() if k not in ('optimizer', 'model', 'ema')}
-  saved.update(optimizer=_portable_optimizer_state(state['optimizer']),
-               model={_PREFIX + k: _contiguous(v) for k, v in model_sd.items()},
-               ema=_contiguous(state['ema'].state_dict()))
   fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
   try:
     with os.fdopen(fd, 'wb') as f:
-      torch.save(saved, f)
+      torch.save(obj, f)
       f.flush()
       os.fsync(f.fileno())
+    if mode is not None:
+      os.chmod(tmp, mode)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def write_json_atomic(path, value, **dump_options):
+  """json.dump `value` to `path` through a temporary file and a rename: a file that exists is
+  complete. `dump_options` go to json.dump (indent, sort_keys)."""
+  tmp = f'{path}.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(value, f, **dump_options)
+  os.replace(tmp, path)
+
+
+def save_checkpoint(path, state):
+  """Write `state` to `path` atomically (`torch_save_atomic`)."""
+  model_sd = unwrap(state['model']).state_dict()
+  saved = {k: v for k, v in state.items() if k not in ('optimizer', 'model', 'ema')}
+  saved.update(optimizer=_portable_optimizer_state(state['optimizer']),
+               model={_PREFIX + k: _contiguous(v) for k, v in model_sd.items()},
+               ema=_contiguous(state['ema'].state_dict()))
+  torch_save_atomic(saved, path)
 
 
 def load_checkpoint_file(path, device='cpu', trusted=False):

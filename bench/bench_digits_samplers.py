@@ -25,12 +25,10 @@ sys.path.insert(0, str(ROOT))
 
 import datasets  # noqa: E402
 import digits_quality  # noqa: E402
+import sample_lib  # noqa: E402
 import sampling  # noqa: E402
 import sde_lib  # noqa: E402
 from configs import load_config  # noqa: E402
-from models import utils as mutils  # noqa: E402
-from models.ema import ExponentialMovingAverage  # noqa: E402
-from utils import restore_checkpoint  # noqa: E402
 
 # Name -> config.sampling overrides. 'ode' is the paper's RK45 at 1e-5 (slow: ~1,000+ NFE).
 SAMPLERS = {
@@ -39,14 +37,6 @@ SAMPLERS = {
   'dpm_solver': {'method': 'dpm_solver', 'num_steps': 20, 'order': 3},
   'heun': {'method': 'heun', 'num_steps': 18},
 }
-
-
-def load_model(config, checkpoint):
-  model = mutils.create_model(config)
-  ema = ExponentialMovingAverage(model.parameters(), decay=config.model.ema_rate)
-  state = restore_checkpoint(checkpoint, dict(model=model, ema=ema, step=0), config.device)
-  ema.copy_to(model.parameters())
-  return model.eval(), int(state['step'])
 
 
 def run_sampler(config, model, name, num, seed):
@@ -91,7 +81,7 @@ def main():
   config.device = torch.device('cpu')
   workdir = pathlib.Path(args.workdir)
   checkpoint = args.checkpoint or workdir / 'checkpoints-meta' / 'checkpoint.pth'
-  model, step = load_model(config, checkpoint)
+  model, step = sample_lib.load_score_model(config, checkpoint)  # EMA weights, eval mode
   features = digits_quality.DigitsFeatures.load()
   reference = digits_quality.reference_statistics(features)
   out_dir = workdir / 'bench_samplers'

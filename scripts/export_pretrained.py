@@ -28,7 +28,6 @@ import os
 import pathlib
 import re
 import sys
-import tempfile
 
 import torch
 
@@ -42,7 +41,7 @@ import sample_lib  # noqa: E402
 from models.ema import ExponentialMovingAverage  # noqa: E402
 from models.utils import create_model  # noqa: E402
 from sample_tasks import latest_checkpoint  # noqa: E402
-from utils import restore_checkpoint  # noqa: E402
+import utils  # noqa: E402
 
 # The config sections that shape a run's weights; within them run_lib's resumable changes
 # (n_iters, log and snapshot frequencies, ...) may differ.
@@ -90,16 +89,6 @@ def release_state(model, ema, step, meta):
           'ema': {'decay': ema.decay, 'num_updates': ema.num_updates, 'shadow_params': shadow}}
 
 
-def save_atomic(obj, path):
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', dir=path.parent)
-  with os.fdopen(fd, 'wb') as f:
-    torch.save(obj, f)
-  os.chmod(tmp, 0o644)  # mkstemp's 0600 would keep the file from other users
-  os.replace(tmp, path)
-
-
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--config', required=True, help='config file or name under configs/')
@@ -120,7 +109,7 @@ def main(argv=None):
 
   model = create_model(config)
   ema = ExponentialMovingAverage(model.parameters(), decay=config.model.ema_rate)
-  state = restore_checkpoint(ckpt, dict(model=model, ema=ema, step=0), 'cpu')
+  state = utils.restore_checkpoint(ckpt, dict(model=model, ema=ema, step=0), 'cpu')
   step = int(state['step'])
   loss_step, loss = final_eval_loss(args.workdir, step)
   written = datetime.datetime.fromtimestamp(ckpt.stat().st_mtime, datetime.timezone.utc)
@@ -131,7 +120,8 @@ def main(argv=None):
                      f'{pathlib.Path(args.workdir).resolve().name} '
                      '--mode train',
           'source': os.path.relpath(ckpt, pathlib.Path(args.workdir).resolve().parent)}
-  save_atomic(release_state(model, ema, step, meta), args.out)
+  # 0644: a shipped file is for every user (the temporary file is created 0600).
+  utils.torch_save_atomic(release_state(model, ema, step, meta), args.out, mode=0o644)
   size = os.path.getsize(args.out)
   print(f'Wrote {args.out}: {size / 2 ** 20:.2f} MiB, step {step}, eval loss {loss} '
         f'(logged at step {loss_step}), from {ckpt}.')
