@@ -41,6 +41,8 @@ def upfirdn2d(x, kernel, up=1, down=1, pad=(0, 0)):
 
   Same result as StyleGAN2's `upfirdn2d_native` (a true convolution, i.e. correlation with the
   flipped kernel), computed as one depthwise (grouped) convolution, transposed when up > 1.
+  On CPU, bf16 / fp16 inputs (or float32 ones under autocast) are filtered in float32 and the
+  result is returned in the input's dtype.
 
   Args:
     x: (N, C, H, W) images.
@@ -53,6 +55,14 @@ def upfirdn2d(x, kernel, up=1, down=1, pad=(0, 0)):
   c = x.shape[1]
   kh, kw = kernel.shape
   p0, p1 = pad
+  if x.device.type == 'cpu' and (x.dtype in (torch.bfloat16, torch.float16) or (
+      x.dtype == torch.float32 and torch.is_autocast_enabled('cpu'))):
+    # On CPU, depthwise convolutions in bf16/fp16 take slow paths: the transposed one (up)
+    # ~14 ms against ~0.2 ms in float32 at 8x256x16x16, the backward of the strided one (down)
+    # 3-6x float32's (bench/bench_fir.py). The filter is 16 multiply-adds per pixel, so
+    # float32 costs next to nothing here and is also more accurate.
+    with torch.autocast('cpu', enabled=False):
+      return upfirdn2d(x.float(), kernel.float(), up, down, pad).to(x.dtype)
   if up > 1:
     # A stride-`up` transposed convolution is the full convolution of the zero-upsampled image
     # with the kernel, without multiplying the inserted zeros (~10x faster on CPU than zero

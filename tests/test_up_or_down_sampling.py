@@ -164,6 +164,26 @@ def test_gradients_match_finite_differences():
   assert torch.autograd.gradcheck(lambda a, b: uds.conv_downsample_2d(a, b, (1, 3, 3, 1)), (x, w))
 
 
+
+@pytest.mark.parametrize('resample', [uds.upsample_2d, uds.downsample_2d])
+def test_cpu_reduced_precision_filters_in_float32(resample):
+  """On CPU the FIR filter runs in float32 whatever autocast or the input's dtype say (bf16
+  depthwise convolutions take slow paths there): a float32 input under bf16 autocast gives the
+  float32 result bit for bit, a bf16 input gives the float32 result of its values rounded once."""
+  g = torch.Generator().manual_seed(7)
+  x = torch.randn(2, 8, 8, 8, generator=g).contiguous(memory_format=torch.channels_last)
+  exact = resample(x, (1, 3, 3, 1))
+  with torch.autocast('cpu', dtype=torch.bfloat16):
+    under_autocast = resample(x, (1, 3, 3, 1))
+  assert under_autocast.dtype == torch.float32
+  assert torch.equal(under_autocast, exact)
+  half = x.bfloat16().requires_grad_()
+  out = resample(half, (1, 3, 3, 1))
+  assert out.dtype == torch.bfloat16
+  assert torch.equal(out, resample(half.detach().float(), (1, 3, 3, 1)).bfloat16())
+  out.float().sum().backward()
+  assert half.grad.dtype == torch.bfloat16 and half.grad.abs().sum() > 0
+
 def test_bad_arguments_raise():
   x = torch.zeros(1, 1, 4, 4)
   with pytest.raises(ValueError, match='factor'):
