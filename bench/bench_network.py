@@ -5,7 +5,7 @@ fraction of the device's dense peak (bench/report.py's PEAK_TFLOPS).
     python bench/bench_network.py                    # both CIFAR-10 configs, batch 8, 2 threads
     python bench/bench_network.py --reference PATH   # also time score_sde_pytorch checked out at PATH
     python bench/bench_network.py --repeats 3 --configs ve/cifar10_ncsnpp_continuous
-    python bench/bench_network.py --bf16             # also ours under bf16 autocast, channels_last
+    python bench/bench_network.py --bf16             # also ours in bf16 + channels_last (+ fused Adam)
     python bench/bench_network.py --device cuda --batch 128 --precision bf16 --channels-last --compile
 
 The reference on this kind of machine (the project's shared measurements): forward 0.89-1.27 s
@@ -69,7 +69,7 @@ def _import_implementation(impl, reference=None):
 
 
 def time_network(impl, config_name, batch, repeats, precision='fp32', channels_last=False,
-                 compile=False, device='cpu', peak=None, reference=None):
+                 compile=False, device='cpu', peak=None, reference=None, adam_impl='default'):
   """Seconds (median) of the eval score function and of a DSM loss forward + backward, with
   images/s, FLOP/s and peak memory of the forward pass.
 
@@ -79,6 +79,7 @@ def time_network(impl, config_name, batch, repeats, precision='fp32', channels_l
   """
   config = _load_config(config_name, device)
   config.training.precision = precision
+  config.optim.adam_impl = adam_impl
   mutils, sde_lib, losses, ema_class = _import_implementation(impl, reference)
   if impl == 'reference':
     config.data.channels = config.data.num_channels  # the reference reads this missing key
@@ -147,10 +148,11 @@ def time_network(impl, config_name, batch, repeats, precision='fp32', channels_l
   train, train_all = median_seconds(forward_backward, repeats, config.device, warmup)
   step, step_all = median_seconds(train_step, repeats, config.device, warmup)
   name = (impl + (f'-{precision}' if precision != 'fp32' else '')
-          + ('-nhwc' if channels_last else '') + ('-compiled' if compile else ''))
+          + ('-nhwc' if channels_last else '') + ('-compiled' if compile else '')
+          + (f'-{adam_impl}-adam' if adam_impl != 'default' else ''))
   return {'impl': name, 'config': config_name, 'batch': batch, 'params': n_params,
           'device': device_name(config.device), 'precision': precision,
-          'channels_last': channels_last, 'compile': compile,
+          'channels_last': channels_last, 'compile': compile, 'adam_impl': adam_impl,
           'forward_s': fwd, 'forward_all_s': fwd_all, 'forward_flops': flops,
           'forward_backward_s': train, 'forward_backward_all_s': train_all,
           'train_step_s': step, 'train_step_all_s': step_all,
@@ -167,7 +169,8 @@ def main():
                       help='also time score_sde_pytorch checked out at PATH (default '
                       '$SCORESDE_REFERENCE), in a subprocess')
   parser.add_argument('--bf16', action='store_true',
-                      help='also time ours under bf16 autocast with channels_last')
+                      help='also time ours under bf16 autocast with channels_last, with the '
+                      'default and the fused Adam')
   parser.add_argument('--impl', default='ours', choices=['ours', 'reference'],
                       help=argparse.SUPPRESS)  # used by the subprocess
   parser.add_argument('--out', default=str(RESULTS / 'bench_network.json'))
@@ -180,7 +183,8 @@ def main():
     import precision as precision_lib
     precision_lib.keep_freed_cpu_memory()
   options = dict(precision=args.precision, channels_last=args.channels_last,
-                 compile=args.compile, device=args.device, peak=args.peak_tflops)
+                 compile=args.compile, device=args.device, peak=args.peak_tflops,
+                 adam_impl=args.adam_impl)
 
   if args.impl == 'reference':  # subprocess mode: print one JSON line per config
     for name in args.configs:
@@ -192,9 +196,11 @@ def main():
   for name in args.configs:
     ours = time_network('ours', name, args.batch, args.repeats, **options)
     rows.append(ours)
-    if args.bf16:
-      rows.append(time_network('ours', name, args.batch, args.repeats,
-                               **dict(options, precision='bf16', channels_last=True)))
+    if args.bf16:  # numbers change anyway in bf16, so also with the fused Adam
+      for adam_impl in ('default', 'fused'):
+        rows.append(time_network('ours', name, args.batch, args.repeats,
+                                 **dict(options, precision='bf16', channels_last=True,
+                                        adam_impl=adam_impl)))
     if args.reference is not None:
       if not (pathlib.Path(args.reference) / 'models' / 'ncsnpp.py').is_file():
         sys.exit(f'--reference {args.reference!r} is not a checkout of score_sde_pytorch: pass '

@@ -42,12 +42,15 @@ PEAK_TFLOPS = {('H100', 'fp32'): 67., ('H100', 'bf16'): 989., ('H100', 'fp16'): 
 
 
 def add_speed_args(parser, batch=None):
-  """--precision, --channels-last, --compile, --device, --batch, --peak-tflops, --threads."""
+  """--precision, --channels-last, --compile, --adam-impl, --device, --batch, --peak-tflops,
+  --threads."""
   parser.add_argument('--precision', default='fp32', choices=['fp32', 'bf16', 'fp16'],
                       help='autocast precision of the network (weights stay fp32)')
   parser.add_argument('--channels-last', action='store_true', help='NHWC network layout')
   parser.add_argument('--compile', action='store_true', help='torch.compile the network')
   parser.add_argument('--compile-mode', default='default')
+  parser.add_argument('--adam-impl', default='default', choices=['default', 'foreach', 'fused'],
+                      help="config.optim.adam_impl ('fused': ~1 ulp per step from the reference)")
   parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
   parser.add_argument('--batch', type=int, default=batch)
   parser.add_argument('--peak-tflops', type=float, default=None,
@@ -80,6 +83,7 @@ def configure(config, args):
   config.model.channels_last = args.channels_last
   config.training.compile = config.sampling.compile = args.compile
   config.training.compile_mode = config.sampling.compile_mode = args.compile_mode
+  config.optim.adam_impl = args.adam_impl
   import precision
   precision.configure_backends(config.device)
   return config

@@ -30,9 +30,10 @@ class ExponentialMovingAverage:
       trainable = [p for p in parameters if p.requires_grad]
       # s - (1 - decay) (s - p) as three multi-tensor ops (3 launches, not 3 per parameter):
       # the same three roundings per element as the reference's loop, so the same numbers.
-      step = torch._foreach_sub(self.shadow_params, trainable)
-      torch._foreach_mul_(step, one_minus_decay)
-      torch._foreach_sub_(self.shadow_params, step)
+      for shadow, params in _cache_sized_groups(self.shadow_params, trainable):
+        step = torch._foreach_sub(shadow, params)
+        torch._foreach_mul_(step, one_minus_decay)
+        torch._foreach_sub_(shadow, step)
 
   def copy_to(self, parameters):
     """Overwrite the trainable `parameters` with the averages."""
@@ -72,3 +73,43 @@ class ExponentialMovingAverage:
     # saved contiguous).
     self.shadow_params = [torch.empty_like(old).copy_(s)
                           for s, old in zip(shadow, self.shadow_params)]
+
+
+# On the CPU, three passes over whole tensors stream NCSN++'s 63M averages through memory three
+# times; in groups of 2^18 elements (1 MB of float32) the temporary stays in cache: 85 -> 29 ms
+# per update on 2 cores, with the same elementwise operations. CUDA keeps one group (3 launches).
+CPU_GROUP_ELEMENTS = 1 << 18
+
+
+def _flat(t):
+  """A 1-D view of a dense tensor in memory order, or None."""
+  if t.is_contiguous():
+    return t.view(-1)
+  if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+    return t.permute(0, 2, 3, 1).reshape(-1)  # a view: the permuted tensor is contiguous
+  return None
+
+
+def _cache_sized_groups(shadow, params):
+  """[(shadow pieces, parameter pieces)]: the pairs cut into 1-D slices and grouped so that a
+  group holds about CPU_GROUP_ELEMENTS elements; one group of the whole tensors off the CPU."""
+  if not shadow or shadow[0].device.type != 'cpu':
+    return [(shadow, params)]
+  groups, current, size = [], ([], []), 0
+  for s, p in zip(shadow, params):
+    flat_s, flat_p = _flat(s), _flat(p.detach())
+    if flat_s is None or flat_p is None or s.stride() != p.stride():
+      pieces = [(s, p.detach())]  # an unusual layout: the tensor whole
+    else:
+      pieces = [(flat_s[i:i + CPU_GROUP_ELEMENTS], flat_p[i:i + CPU_GROUP_ELEMENTS])
+                for i in range(0, flat_s.numel(), CPU_GROUP_ELEMENTS)]
+    for piece_s, piece_p in pieces:
+      current[0].append(piece_s)
+      current[1].append(piece_p)
+      size += piece_s.numel()
+      if size >= CPU_GROUP_ELEMENTS:
+        groups.append(current)
+        current, size = ([], []), 0
+  if current[0]:
+    groups.append(current)
+  return groups

@@ -18,6 +18,7 @@ import torch
 import losses
 import sde_lib
 import utils
+from models import ema as ema_module
 from models.ema import ExponentialMovingAverage
 
 S2 = 0.25  # data variance
@@ -245,12 +246,20 @@ def test_discrete_losses_refuse_wrong_sde_and_likelihood_weighting():
     losses.get_step_fn(SDES['subvp'](), True, lambda *a, **k: None, continuous=False)
 
 
-def test_ema_update_is_bit_identical_to_the_reference_loop():
+@pytest.mark.parametrize('group_elements', [None, 50])
+def test_ema_update_is_bit_identical_to_the_reference_loop(group_elements, monkeypatch):
   """The multi-tensor EMA update gives the per-parameter loop's numbers exactly, through the
-  decay warm-up min(decay, (1 + n) / (10 + n)) and after it."""
+  decay warm-up min(decay, (1 + n) / (10 + n)) and after it; also when the CPU path cuts the
+  tensors into cache-sized pieces (50 elements here: contiguous, channels_last and transposed
+  parameters, pieces spanning tensors)."""
+  if group_elements:
+    monkeypatch.setattr(ema_module, 'CPU_GROUP_ELEMENTS', group_elements)
   g = torch.Generator().manual_seed(0)
   params = [torch.nn.Parameter(torch.randn(shape, generator=g))
             for shape in [(8, 4, 3, 3), (8,), (5, 7), ()]]
+  params.append(torch.nn.Parameter(torch.randn(6, 5, 3, 3, generator=g).contiguous(
+      memory_format=torch.channels_last)))
+  params.append(torch.nn.Parameter(torch.randn(9, 13, generator=g).t()))  # not dense in order
   frozen = torch.nn.Parameter(torch.randn(3, generator=g), requires_grad=False)  # not tracked
   ema = ExponentialMovingAverage(params + [frozen], decay=0.999)
   shadows = [p.detach().clone() for p in params]
