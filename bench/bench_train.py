@@ -50,7 +50,8 @@ def time_steps(config_name, args, steps):
                               warmup=2 if args.compile else 1)
   ref = REFERENCE_CPU_SECONDS.get(config_name) if args.device == 'cpu' and batch_size == 8 else None
   return dict(config=config_name, device=device_name(config.device), precision=args.precision,
-              channels_last=args.channels_last, compile=args.compile, batch=batch_size,
+              channels_last=args.channels_last, compile=args.compile,
+              adam_impl=args.adam_impl, batch=batch_size,
               seconds_per_step=seconds, flops_per_step=flops,
               peak_memory_gb=peak_memory_gb(config.device), reference_seconds_per_step=ref,
               speedup_vs_reference=ref / seconds if ref else None,

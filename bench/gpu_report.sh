@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's GPU table in one run, on synthetic data (no dataset download): for
 # ve/cifar10_ncsnpp_continuous and vp/cifar10_ddpmpp_continuous,
-#   training images/s at batch 128 in fp32, bf16, and bf16 + channels_last + torch.compile;
+#   training images/s at batch 128 in fp32, bf16, and bf16 + channels_last + torch.compile +
+#   fused Adam;
 #   sampling images/s with DPM-Solver (20 network evaluations) at batch 1,000 in fp32 and in
 #   bf16 + channels_last;
 # with peak memory and achieved TFLOP/s against the GPU's dense peak (bench/report.py).
@@ -31,7 +32,7 @@ for config in $CONFIGS; do
   run "train_bf16_$tag" 40 python bench/bench_train.py --configs "$config" --batch 128 --steps 10 \
     --precision bf16
   run "train_bf16_nhwc_compiled_$tag" 130 python bench/bench_train.py --configs "$config" \
-    --batch 128 --steps 10 --precision bf16 --channels-last --compile
+    --batch 128 --steps 10 --precision bf16 --channels-last --compile --adam-impl fused
   run "sample_fp32_$tag" 50 python bench/bench_sampling.py --configs "$config" --batch 1000 --repeats 1
   run "sample_bf16_nhwc_$tag" 35 python bench/bench_sampling.py --configs "$config" --batch 1000 \
     --repeats 1 --precision bf16 --channels-last

@@ -157,9 +157,10 @@ def speed_columns(memory_key='peak_memory_gb'):
 
 
 def option_columns():
-  """precision, channels_last, compile and batch columns."""
+  """precision, channels_last, compile, Adam implementation and batch columns."""
   return [('prec', lambda r: r['precision']), ('NHWC', lambda r: str(r['channels_last'])),
-          ('compile', lambda r: str(r['compile'])), ('batch', lambda r: str(r['batch']))]
+          ('compile', lambda r: str(r['compile'])), ('adam', lambda r: r.get('adam_impl', '-')),
+          ('batch', lambda r: str(r['batch']))]
 
 
 def measure_matmul_tflops(dtype=torch.float32, n=2048, repeats=20, device='cpu'):
@@ -193,14 +194,15 @@ def measure_conv_tflops(dtype=torch.float32, repeats=20, device='cpu'):
 def markdown_table(paths):
   """The rows of the result files at `paths` (bench_train / bench_sampling JSON) as one
   markdown table: what the README's GPU table shows."""
-  lines = ['| config | what | precision | channels_last | compile | batch | images/s | '
-           'TFLOP/s (% of peak) | peak memory GB |', '|' + '---|' * 9]
+  lines = ['| config | what | precision | channels_last | compile | Adam | batch | images/s | '
+           'TFLOP/s (% of peak) | peak memory GB |', '|' + '---|' * 10]
   for path in paths:
     result = json.loads(pathlib.Path(path).read_text())
     for r in result['rows']:
       fraction = f' ({100 * r["fraction_of_peak"]:.0f} %)' if r.get('fraction_of_peak') else ''
       lines.append(f'| {r["config"]} | {result["what"]} | {r["precision"]} | '
-                   f'{r["channels_last"]} | {r["compile"]} | {r["batch"]} | '
+                   f'{r["channels_last"]} | {r["compile"]} | {r.get("adam_impl", "-")} | '
+                   f'{r["batch"]} | '
                    f'{r["images_per_second"]:.1f} | {r["tflops"]:.3g}{fraction} | '
                    f'{r["peak_memory_gb"]:.1f} |')
   return '\n'.join(lines)
