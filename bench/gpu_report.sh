@@ -9,36 +9,50 @@
 # Each measurement has a time limit (590 s in all, most of it for compiling), so the whole run stays
 # under 10 minutes on one H100 / H200 and a slow step costs only its own row.
 #
-#   bash bench/gpu_report.sh            # results in bench/results/gpu/, table on stdout
+#   bash bench/gpu_report.sh            # results in $OUT (default bench/results/gpu/), table on stdout
+#
+# The environment can shrink it (tests/test_gpu_report.py runs it so on the CPU): DEVICE (cuda),
+# CONFIGS (the two above), TRAIN_BATCH (128), SAMPLE_BATCH (1000), STEPS (10), COMPILE (1; 0
+# leaves out the compiled row), OUT.
 set -u
 cd "$(dirname "$0")/.."
-OUT=bench/results/gpu
+OUT=${OUT:-bench/results/gpu}
+DEVICE=${DEVICE:-cuda}
+CONFIGS=${CONFIGS:-"ve/cifar10_ncsnpp_continuous vp/cifar10_ddpmpp_continuous"}
+TRAIN_BATCH=${TRAIN_BATCH:-128}
+SAMPLE_BATCH=${SAMPLE_BATCH:-1000}
+STEPS=${STEPS:-10}
+COMPILE=${COMPILE:-1}
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json  # a step that times out must not leave an older run's row in the table
-CONFIGS="ve/cifar10_ncsnpp_continuous vp/cifar10_ddpmpp_continuous"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
 python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
+RESULTS=()  # the result files in the order measured: the table's row order
 run() {  # run NAME SECONDS COMMAND...: one measurement, its output kept in $OUT/NAME.log
   local name=$1 limit=$2; shift 2
   echo "== $name"
-  timeout "$limit" "$@" --device cuda --out "$OUT/$name.json" 2>&1 | tee "$OUT/$name.log" | tail -3
+  timeout "$limit" "$@" --device "$DEVICE" --out "$OUT/$name.json" 2>&1 | tee "$OUT/$name.log" \
+    | tail -3
+  if [ -f "$OUT/$name.json" ]; then RESULTS+=("$OUT/$name.json"); else echo "!! $name: no result"; fi
 }
 
 # One process per configuration and variant: a step that runs out of time loses only its row.
 for config in $CONFIGS; do
   tag=$(basename "$config")
-  run "train_fp32_$tag" 40 python bench/bench_train.py --configs "$config" --batch 128 --steps 10
-  run "train_bf16_$tag" 40 python bench/bench_train.py --configs "$config" --batch 128 --steps 10 \
-    --precision bf16
-  run "train_bf16_nhwc_compiled_$tag" 130 python bench/bench_train.py --configs "$config" \
-    --batch 128 --steps 10 --precision bf16 --channels-last --compile --adam-impl fused
-  run "sample_fp32_$tag" 50 python bench/bench_sampling.py --configs "$config" --batch 1000 --repeats 1
-  run "sample_bf16_nhwc_$tag" 35 python bench/bench_sampling.py --configs "$config" --batch 1000 \
-    --repeats 1 --precision bf16 --channels-last
+  train=(python bench/bench_train.py --configs "$config" --batch "$TRAIN_BATCH" --steps "$STEPS")
+  sample=(python bench/bench_sampling.py --configs "$config" --batch "$SAMPLE_BATCH" --repeats 1)
+  run "train_fp32_$tag" 40 "${train[@]}"
+  run "train_bf16_$tag" 40 "${train[@]}" --precision bf16
+  if [ "$COMPILE" = 1 ]; then
+    run "train_bf16_nhwc_compiled_$tag" 130 "${train[@]}" --precision bf16 --channels-last \
+      --compile --adam-impl fused
+  fi
+  run "sample_fp32_$tag" 50 "${sample[@]}"
+  run "sample_bf16_nhwc_$tag" 35 "${sample[@]}" --precision bf16 --channels-last
 done
 
 echo
 echo "fp32 rows: PyTorch's default, TF32 convolutions and float32 matmuls; their fraction is of the"
 echo "67 TFLOP/s float32 peak, so it can pass 100 %. bf16 rows: of the 989 TFLOP/s bf16 dense peak."
-python bench/report.py table $(ls "$OUT"/train_*.json "$OUT"/sample_*.json 2>/dev/null) | tee "$OUT/table.md"
+python bench/report.py table "${RESULTS[@]}" | tee "$OUT/table.md"
