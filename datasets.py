@@ -275,7 +275,13 @@ class ImageBatches:
     if isinstance(self.dataset, InMemoryImages) and self.num_workers == 0:
       fetched = (self.dataset[torch.tensor(idx)] for idx in batches)  # one gather per batch
     else:
-      fetched = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers)
+      # A generator of its own (seeded at position 2^62 + rank, which no image has): without
+      # one, every DataLoader iterator draws its workers' base seed from the global RNG that
+      # dropout uses, so the training noise would depend on num_workers and a run resumed
+      # mid-epoch would not repeat the uninterrupted one.
+      fetched = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
+                           generator=torch.Generator().manual_seed(
+                               _sample_seed(self.seed, epoch, 2 ** 62 + self.rank)))
     for i, (images, labels) in enumerate(fetched, start=offset):
       images = self._augment(images, epoch, i)
       if self.pin_memory:

@@ -97,7 +97,7 @@ def test_shards_of_two_ranks_make_the_single_process_batch():
 def test_num_workers_default_and_override(tmp_path):
   """data.num_workers None: no worker process for in-memory data, min(4, CPUs) for files; a
   number is used as given, and in-memory data then goes through a DataLoader with the same
-  batches."""
+  batches and without drawing from the global RNG."""
   config = _config(num_workers=None)
   train_ds, _, train_set = datasets.get_dataset(config)
   assert datasets.loader_workers(config, train_set) == 0 == train_ds.num_workers
@@ -106,8 +106,12 @@ def test_num_workers_default_and_override(tmp_path):
   config.data.num_workers = 1
   with_worker, _, _ = datasets.get_dataset(config)
   assert with_worker.num_workers == 1
+  torch.manual_seed(0)
+  global_rng = torch.get_rng_state()
   for a, b in zip(_take(train_ds.iterate(3), 2), _take(with_worker.iterate(3), 2)):
     assert torch.equal(a, b)
+  # The loader leaves the global RNG (dropout's) alone: training noise does not depend on workers.
+  assert torch.equal(torch.get_rng_state(), global_rng)
 
 
 def test_batch_not_divisible_by_processes_is_refused():

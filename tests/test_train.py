@@ -165,12 +165,16 @@ def _train_command(workdir, n_iters, kill_at_meta_save=None, **overrides):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('precision', ['fp32', 'bf16', 'fp16'])
-def test_sigkill_and_resume_gives_the_uninterrupted_weights(tmp_path, precision):
+@pytest.mark.parametrize('precision,num_workers', [('fp32', 0), ('bf16', 0), ('fp16', 0),
+                                                   ('fp32', 1)])
+def test_sigkill_and_resume_gives_the_uninterrupted_weights(tmp_path, precision, num_workers):
   """Killed mid-write of a resume checkpoint and resumed, a run ends with the weights, EMA,
   optimizer state, RNG and (fp16) loss scale of the run that never stopped. Only the killed run
-  needs its own process; the other two run here (1 thread either way: the same numbers)."""
-  n_iters, overrides = 40, {'training.precision': precision}
+  needs its own process; the other two run here (1 thread either way: the same numbers). With a
+  loader worker the resumed run starts a DataLoader mid-epoch, which must not draw from the
+  global RNG that dropout uses."""
+  n_iters = 40
+  overrides = {'training.precision': precision, 'data.num_workers': num_workers}
   run_lib.train(tiny_config(n_iters, **overrides), str(tmp_path / 'whole'))
 
   cmd, env = _train_command(tmp_path / 'killed', n_iters, kill_at_meta_save=3, **overrides)
