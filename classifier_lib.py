@@ -28,6 +28,7 @@ import torch.nn.functional as F
 import datasets
 import losses
 import sde_lib
+from seeds import TRAINING_NOISE, derive_seed
 from models.ema import ExponentialMovingAverage
 from models.wideresnet import WideResNet
 from utils import load_checkpoint_file, restore_checkpoint, save_checkpoint
@@ -177,7 +178,7 @@ def train_classifier(config, workdir):
 
   torch.manual_seed(config.seed)
   state = build_classifier_state(config)
-  noise = torch.Generator(device=device).manual_seed(config.seed)
+  noise = torch.Generator(device=device).manual_seed(derive_seed(config.seed, TRAINING_NOISE))
   if os.path.exists(meta_path):
     restore_checkpoint(meta_path, state, device)
     if 'noise_rng' in state:

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 import distributed
 from registry import Registry
+from seeds import derive_seed
 
 DATASETS = Registry('dataset')
 _IMAGE_SUFFIXES = {'.png', '.jpg', '.jpeg', '.webp', '.bmp'}
@@ -82,7 +83,8 @@ class TransformedImages(Dataset):
 
   def __getitem__(self, i):
     image, target = self.base[i]
-    label = int(target) if np.ndim(target) == 0 else -1
+    # CelebA with target_type=[] gives None; attribute vectors are not class labels either.
+    label = int(target) if target is not None and np.ndim(target) == 0 else -1
     return self.transform(image.convert('RGB')), label
 
 
@@ -222,8 +224,10 @@ DATASETS.register(lambda config, train, root, download: _image_folder('CelebAHQ'
                   name='CelebAHQ')
 
 
-def _sample_seed(seed, epoch, position):
-  return int(np.random.SeedSequence([seed, epoch, position]).generate_state(1, np.uint64)[0] >> 1)
+def to_uint8(samples):
+  """Samples in [0, 1], (B, C, H, W) -> uint8 (B, H, W, C), truncated as the reference does."""
+  x = samples.detach().permute(0, 2, 3, 1).cpu().numpy()
+  return np.clip(x * 255., 0, 255).astype(np.uint8)
 
 
 class ImageBatches:
@@ -281,7 +285,7 @@ class ImageBatches:
       # mid-epoch would not repeat the uninterrupted one.
       fetched = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
                            generator=torch.Generator().manual_seed(
-                               _sample_seed(self.seed, epoch, 2 ** 62 + self.rank)))
+                               derive_seed(self.seed, epoch, 2 ** 62 + self.rank)))
     for i, (images, labels) in enumerate(fetched, start=offset):
       images = self._augment(images, epoch, i)
       if self.pin_memory:
@@ -296,7 +300,7 @@ class ImageBatches:
     for j, image in enumerate(x):
       # DistributedSampler interleaves ranks: local row j is global row rank + world_size * j.
       position = batch_index * self.batch_size + self.rank + self.world_size * j
-      g = torch.Generator().manual_seed(_sample_seed(self.seed, epoch, position))
+      g = torch.Generator().manual_seed(derive_seed(self.seed, epoch, position))
       if self.random_flip and torch.rand((), generator=g) < 0.5:
         image = image.flip(-1)
       if self.uniform_dequantization:

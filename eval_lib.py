@@ -53,6 +53,8 @@ import run_lib
 import sampling
 import sde_lib
 import utils
+from datasets import to_uint8
+from seeds import derive_seed
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -64,15 +66,6 @@ def savez_atomic(path, *args, **arrays):
   os.replace(tmp, path)
 
 
-def derive_seed(*parts):
-  """A 63-bit seed from integers (config.seed, checkpoint, batch or round, ...)."""
-  return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> 1)
-
-
-def to_uint8(samples):
-  """Samples in [0, 1], (B, C, H, W) -> uint8 (B, H, W, C), truncated as the reference does."""
-  x = samples.detach().permute(0, 2, 3, 1).cpu().numpy()
-  return np.clip(x * 255., 0, 255).astype(np.uint8)
 
 
 def checkpoint_path(workdir, ckpt):

@@ -267,15 +267,24 @@ def inception_score(logits, num_splits=10):
 def compute_metrics(pool_3, logits, data_stats, num_splits=10):
   """FID, KID and IS of samples' Inception outputs against `data_stats` (see `load_stats`).
 
-  KID is NaN when the statistics file holds no raw features (clean-fid's mu/sigma files).
+  KID is NaN when the statistics file holds no raw features (clean-fid's mu/sigma files) or when
+  there are too few samples for its blocks (TF-GAN's estimator gives NaN there too); IS uses at
+  most one split per sample.
   """
   mu, sigma = feature_statistics(pool_3)
   fid = frechet_distance(mu, sigma, data_stats['mu'], data_stats['sigma'])
-  if data_stats.get('pool_3') is not None:
-    kid, kid_std = kernel_distance(data_stats['pool_3'], pool_3)
-  else:
+  kid, kid_std = float('nan'), float('nan')
+  if data_stats.get('pool_3') is None:
     logging.warning('The dataset statistics hold no raw features; KID is not computed.')
-    kid, kid_std = float('nan'), float('nan')
+  else:
+    try:
+      kid, kid_std = kernel_distance(data_stats['pool_3'], pool_3)
+    except ValueError as e:  # e.g. 64 samples against 50,000 features: 49 blocks of 1 or 2
+      logging.warning('KID is not computed: %s Draw more samples (config.eval.num_samples).', e)
+  if len(logits) < num_splits:
+    logging.warning('%d samples for %d Inception Score splits: using %d.', len(logits),
+                    num_splits, len(logits))
+    num_splits = len(logits)
   is_mean, is_std = inception_score(logits, num_splits)
   is_one_split, _ = inception_score(logits, 1)
   return {'IS': is_mean, 'IS_std': is_std, 'IS_1split': is_one_split, 'fid': fid, 'kid': kid,

@@ -36,6 +36,7 @@ from distributed import global_mean, process_group
 from models import utils as mutils
 from models.ema import ExponentialMovingAverage
 from run_config import check_and_save_config
+from seeds import EVAL_LOSS_NOISE, TRAINING_NOISE, derive_seed
 from utils import restore_checkpoint, save_checkpoint
 
 def evaluate(config, workdir, eval_folder='eval'):
@@ -125,8 +126,12 @@ def resume(path, state, noise_generator, config, rank, world, grad_scaler=None):
       noise_generator.set_state(rng[0]['noise'])
   except RuntimeError as e:  # e.g. saved on a GPU, resumed on the CPU: other generator type
     logging.warning('Could not restore the RNG states of %s (%s).', path, e)
-  logging.warning('%s was written by %s process(es), this run has %d: per-process random streams '
-                  'start afresh.', path, None if rng is None else len(rng), world)
+  if rng is None:
+    logging.warning('%s holds no RNG states (a score_sde_pytorch checkpoint?): every random '
+                    'stream, the loss noise included, restarts from config.seed.', path)
+  else:
+    logging.warning('%s was written by %d process(es), this run has %d: per-process random '
+                    'streams (dropout) start afresh.', path, len(rng), world)
   return state['step']
 
 
@@ -135,6 +140,17 @@ def build_data(config, initial_step):
   train_ds, eval_ds, _ = datasets.get_dataset(config, uniform_dequantization=config.data.uniform_dequantization)
   evaluations_done = -(-initial_step // config.training.eval_freq)  # ceil: evals at 0, f, 2f, ...
   return train_ds.iterate(initial_step), eval_ds.iterate(evaluations_done)
+
+
+def training_noise_generator(config):
+  """The generator of the training loss's t / noise levels and z, on config.device; the same on
+  every rank (each keeps its shard of the global batch's draws).
+
+  Seeded from (config.seed, seeds.TRAINING_NOISE), not config.seed itself, which seeds torch's
+  global RNG (dropout) on rank 0: on CUDA two Philox generators with one seed hand out the same
+  random bits.
+  """
+  return torch.Generator(device=config.device).manual_seed(derive_seed(config.seed, TRAINING_NOISE))
 
 
 def build_step_fns(config, sde, noise_generator, shard=None, grad_scaler=None):
@@ -146,6 +162,10 @@ def build_step_fns(config, sde, noise_generator, shard=None, grad_scaler=None):
                 precision=tc.get('precision', 'fp32'))
   train_step = losses.get_step_fn(sde, train=True, optimize_fn=losses.optimization_manager(config),
                                   scaler=grad_scaler, **kwargs)
+  # The evaluation loss draws from a generator of its own, reseeded per evaluation (eval_loss):
+  # how often and on what batch size one evaluates (resumable changes) does not move the
+  # training noise.
+  kwargs['generator'] = torch.Generator(device=noise_generator.device)
   return train_step, losses.get_step_fn(sde, train=False, **kwargs)
 
 
@@ -160,8 +180,10 @@ def log_scalars(writer, step, **scalars):
     writer.add_scalar(name, value, step)
 
 
-def eval_loss(eval_step, state, eval_iter, scaler, config, world):
-  """Loss of the EMA weights on one evaluation batch (mean over ranks)."""
+def eval_loss(eval_step, state, eval_iter, scaler, config, world, step):
+  """Loss of the EMA weights on one evaluation batch (mean over ranks), with noise seeded by
+  (config.seed, step)."""
+  eval_step.generator.manual_seed(derive_seed(config.seed, EVAL_LOSS_NOISE, step))
   batch = scaler(_to_device(next(eval_iter), config))
   return global_mean(eval_step(state, batch), world).item()
 
@@ -203,7 +225,7 @@ def save_samples(sampler, model, ema, sample_dir, step, config, rank, world):
   save_image(make_grid(samples, nrow=int(math.sqrt(samples.shape[0])), padding=2),
              os.path.join(out_dir, 'sample.png'))
   with open(os.path.join(out_dir, 'sample.np'), 'wb') as f:
-    np.save(f, (samples.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8))
+    np.save(f, datasets.to_uint8(samples))  # truncated, as the reference writes it
 
 
 def _check_finite(losses, first_step, what, meta_path, read_every=1):
@@ -271,7 +293,7 @@ def _train(config, workdir, rank, world):
   seed_everything(config.seed)
   state = build_state(config)
   seed_everything(config.seed + rank)
-  noise_generator = torch.Generator(device=config.device).manual_seed(config.seed)
+  noise_generator = training_noise_generator(config)
   tc = config.training
   grad_scaler = precision_lib.grad_scaler(tc.get('precision', 'fp32'), config.device.type)
   precision_lib.configure_backends(config.device, tc.get('cudnn_benchmark'), tc.get('tf32'))
@@ -334,7 +356,7 @@ def _train(config, workdir, rank, world):
         progress.set_postfix(loss=f'{loss:.4g}')
 
     if step % tc.eval_freq == 0:
-      value = eval_loss(eval_step, eval_state, eval_iter, scaler, config, world)
+      value = eval_loss(eval_step, eval_state, eval_iter, scaler, config, world, step)
       _check_finite([value], step, 'evaluation loss', meta_path)
       if main_process:
         logging.info('step: %d, eval_loss: %.5e', step, value)

@@ -40,7 +40,9 @@ import distributed
 import run_config
 import sde_lib
 import utils
-from eval_lib import derive_seed, savez_atomic, to_uint8
+from datasets import to_uint8
+from eval_lib import savez_atomic
+from seeds import derive_seed
 from models import utils as mutils
 from models.ema import ExponentialMovingAverage
 from sample_tasks import TASKS, latest_checkpoint

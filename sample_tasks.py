@@ -19,7 +19,8 @@ import controllable_generation as cg
 import datasets
 import precision
 import sampling
-from eval_lib import derive_seed, to_uint8
+from datasets import to_uint8
+from seeds import derive_seed
 
 MASKS = ('center', 'right', 'random')
 

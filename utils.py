@@ -189,13 +189,16 @@ def restore_checkpoint(ckpt_path, state, device, trusted=False):
     state: dict with 'model' (module, maybe DataParallel/DDP-wrapped), 'ema'
       (ExponentialMovingAverage), and optionally 'optimizer'; its 'step' and any extra entries
       found in the file are replaced.
-    device: map_location for the tensors.
+    device: where `state` lives (score_sde_pytorch's signature). The file is read on the CPU
+      and copied into `state`'s tensors, wherever they are: its extra entries stay on the CPU,
+      where RNG states must be (torch.set_rng_state and Generator.set_state refuse CUDA
+      tensors).
     trusted: allow arbitrary pickled objects (only for files you trust).
   Raises:
     FileNotFoundError if there is no file; RuntimeError if it is corrupt; ValueError if it does
     not fit the model (naming the first mismatched keys).
   """
-  loaded = load_checkpoint_file(ckpt_path, device, trusted)
+  loaded = load_checkpoint_file(ckpt_path, 'cpu', trusted)
   model = unwrap(state['model'])
   model_sd = _strip_prefix(loaded['model'])
   check_state_dict_matches(model, model_sd, source=f'checkpoint {ckpt_path}')

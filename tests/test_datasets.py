@@ -114,6 +114,17 @@ def test_num_workers_default_and_override(tmp_path):
   assert torch.equal(torch.get_rng_state(), global_rng)
 
 
+def test_targets_that_are_not_class_labels_read_as_minus_one():
+  """torchvision's CelebA with target_type=[] gives None, and attribute vectors are no labels."""
+  from PIL import Image
+  transform = datasets.pil_transform(8, crop=140)
+  for target in (None, torch.zeros(40, dtype=torch.long)):
+    image, label = datasets.TransformedImages([(Image.new('RGB', (178, 218)), target)],
+                                              transform)[0]
+    assert label == -1 and image.shape == (3, 8, 8) and image.dtype == torch.uint8
+  assert datasets.TransformedImages([(Image.new('RGB', (8, 8)), 3)], transform)[0][1] == 3
+
+
 def test_batch_not_divisible_by_processes_is_refused():
   dataset = datasets.get_dataset(_config())[2]
   with pytest.raises(ValueError, match='not divisible by the 3 processes'):

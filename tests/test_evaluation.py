@@ -200,6 +200,24 @@ def test_metrics_end_to_end_with_stand_in(stand_in, tmp_path):
   assert 1 <= other['IS'] <= 12 and 1 <= other['IS_1split'] <= 12
 
 
+def test_few_samples_give_nan_kid_and_fewer_is_splits_not_a_crash(caplog):
+  """64 samples against 50,000 features (a quick --mode eval on CIFAR-10): KID's 49 blocks would
+  hold 1 or 2 samples, so KID is NaN with a warning; FID and IS are still reported, and 6
+  samples use 6 IS splits instead of 10 empty ones."""
+  rng = np.random.default_rng(0)
+  stats = {'pool_3': rng.normal(size=(50000, 8)).astype(np.float32)}
+  stats['mu'], stats['sigma'] = evaluation.feature_statistics(stats['pool_3'])
+  logits = rng.normal(size=(64, 10))
+  metrics = evaluation.compute_metrics(rng.normal(size=(64, 8)), logits, stats)
+  assert np.isnan(metrics['kid']) and np.isnan(metrics['kid_std'])
+  assert np.isfinite(metrics['fid']) and metrics['fid'] > 0
+  assert metrics['IS'] == pytest.approx(evaluation.inception_score(logits, 10)[0])
+  assert 'KID is not computed' in caplog.text and 'num_samples' in caplog.text
+  few = evaluation.compute_metrics(rng.normal(size=(6, 8)), logits[:6], stats)
+  assert few['IS'] == pytest.approx(evaluation.inception_score(logits[:6], 6)[0])
+  assert np.isfinite(few['IS']) and np.isfinite(few['IS_std'])
+
+
 # ----------------------------------------------------------------------------- statistics files
 
 def test_stats_files_of_all_three_origins(tmp_path):

@@ -286,3 +286,56 @@ def test_workdir_of_another_config_is_refused(tmp_path):
   state = run_lib.train(tiny_config(4), str(tmp_path))
   assert state['step'] == 5
   assert 'Starting training loop at step 3' in (tmp_path / 'stdout.txt').read_text()
+
+
+class _Wrapper(nn.Module):
+  """A DDP / compiled-model stand-in: the network as `.module`, its own training flag."""
+
+  def __init__(self, module):
+    super().__init__()
+    self.module = module
+
+  def forward(self, *args):
+    return self.module(*args)
+
+
+def test_evaluating_the_bare_network_leaves_dropout_on_behind_a_wrapper():
+  """Training runs the wrapped network (DDP, training.compile) and evaluation the bare one:
+  after an evaluation put the bare network in eval mode, the next training call must switch it
+  back although the wrapper's own flag still reads True (dropout stayed off for the rest of
+  training before)."""
+  torch.manual_seed(0)
+  net = TinyScore(tiny_config(**{'model.dropout': 0.5}))
+  wrapper = _Wrapper(net)
+  x, sigma = torch.randn(4, 1, 8, 8), torch.full((4,), 2.)
+  mutils.get_model_fn(net, train=False)(x, sigma)
+  assert not net.training and wrapper.training
+  train_fn = mutils.get_model_fn(wrapper, train=True)
+  first, second = train_fn(x, sigma), train_fn(x, sigma)
+  assert net.training and not torch.equal(first, second)  # dropout draws a new mask per call
+  eval_fn = mutils.get_model_fn(wrapper, train=False)
+  assert torch.equal(eval_fn(x, sigma), eval_fn(x, sigma)) and not net.training
+
+
+def test_evaluation_frequency_does_not_change_the_weights(tmp_path):
+  """The evaluation loss has its own noise stream, reseeded per evaluation: evaluating every 5
+  steps or never, on any batch size (changes a resumed run may make), gives the same weights."""
+  weights = []
+  for name, overrides in (('often', {'training.eval_freq': 5}),
+                          ('rarely', {'training.eval_freq': 100, 'eval.batch_size': 12})):
+    state = run_lib.train(tiny_config(12, **overrides), str(tmp_path / name))
+    weights.append({k: v.clone() for k, v in state['model'].state_dict().items()})
+  assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+  # ... and the evaluation loss of a step does not depend on when the previous one ran.
+  logs = [(tmp_path / name / 'stdout.txt').read_text() for name in ('often', 'rarely')]
+  assert 'step: 0, eval_loss' in logs[0] and 'step: 10, eval_loss' in logs[0]
+
+
+def test_training_noise_is_not_any_ranks_dropout_stream():
+  """The loss noise generator is seeded apart from torch's global RNG, which dropout draws
+  from (config.seed + rank): with one seed, two CUDA Philox generators give the same bits."""
+  config = tiny_config()
+  noise = torch.rand(64, generator=run_lib.training_noise_generator(config))
+  for rank in range(4):
+    torch.manual_seed(config.seed + rank)
+    assert not torch.equal(noise, torch.rand(64))

@@ -57,6 +57,24 @@ def test_round_trip_restores_everything(tmp_path):
   assert fresh['optimizer'].state_dict()['state'][0]['step'] == 3
 
 
+def test_restore_reads_the_file_on_the_cpu_whatever_the_device(tmp_path):
+  """RNG states must come back as CPU tensors (torch.set_rng_state refuses CUDA ones, so a
+  map_location of the training device broke every resume on a GPU); the weights are copied into
+  the state's own tensors. A device no file tensor can be copied from ('meta') stands in for
+  CUDA here."""
+  torch.manual_seed(0)
+  state = _state(TinyNet())
+  _train_a_bit(state)
+  state['rng'] = [dict(torch=torch.get_rng_state(), noise=torch.Generator().get_state())]
+  utils.save_checkpoint(tmp_path / 'ckpt.pth', state)
+  fresh = _state(TinyNet())
+  utils.restore_checkpoint(tmp_path / 'ckpt.pth', fresh, torch.device('meta'))
+  assert fresh['rng'][0]['torch'].device.type == 'cpu'
+  torch.set_rng_state(fresh['rng'][0]['torch'])  # accepted as it is
+  assert torch.equal(fresh['model'].conv.weight, state['model'].conv.weight)
+  assert fresh['model'].conv.weight.device.type == 'cpu'
+
+
 def test_restore_into_data_parallel_and_unprefixed(tmp_path):
   torch.manual_seed(0)
   state = _state(TinyNet())
