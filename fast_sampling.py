@@ -184,7 +184,11 @@ def _multistep(y, sigs, outs, order, plus):
     r1 = math.log(sigs[-4] / sigs[-3]) / h
     d1_1 = (outs[-2] - outs[-3]) / r1
     d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
-    d2 = (d1_0 - d1_1) / (r0 + r1)
+    # d2 ~ h^2 D'', which the h^2 phi_3 coefficients below expect. The official DPM-Solver code
+    # (and diffusers) omit the 2, i.e. h^2 D'' / 2: that halves the 2nd-derivative term and
+    # leaves their 3rd-order multistep at 2nd order (flow-map error 4.1-5.0x smaller per halving
+    # of the step; 13-16x with the 2, tests/test_fast_sampling.py).
+    d2 = 2 * (d1_0 - d1_1) / (r0 + r1)
   if plus:
     phi = -math.expm1(-h)
     y_t = (sig_t / sig_s) * y + phi * out_0

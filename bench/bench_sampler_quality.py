@@ -88,6 +88,8 @@ def sampler_rows(make_sde, eps, mixture, n, quick):
   for nfe in ((10, 20) if quick else (10, 15, 20, 30)):
     rows.append((f'DPM-Solver++ 2M NFE={nfe}', lambda g, nfe=nfe: fs.dpm_solver_sample(
       score_fn, sde, shape, nfe, 2, 'multistep', 'dpmsolver++', eps=eps, generator=g)))
+    rows.append((f'DPM-Solver++ 3M NFE={nfe}', lambda g, nfe=nfe: fs.dpm_solver_sample(
+      score_fn, sde, shape, nfe, 3, 'multistep', 'dpmsolver++', eps=eps, generator=g)))
     rows.append((f'DPM-Solver++ 3S NFE={nfe}', lambda g, nfe=nfe: fs.dpm_solver_sample(
       score_fn, sde, shape, nfe, 3, 'singlestep', 'dpmsolver++', eps=eps, generator=g)))
     rows.append((f'DPM-Solver 3S NFE={nfe}', lambda g, nfe=nfe: fs.dpm_solver_sample(
