@@ -66,7 +66,7 @@ def _impute(sde, predictor_obj, corrector_obj, known, mask, encode, decode, eps,
   """
   device = known.device
   unknown = 1. - mask
-  prior = sde.prior_sampling(known.shape, generator=generator, device=device)
+  prior = sde_lib.prior_draw(sde, known.shape, device, generator)
   x = decode(known * mask + encode(prior) * unknown)
   x_mean = x
   timesteps = torch.linspace(sde.T, eps, sde.N, device=device)
@@ -260,7 +260,7 @@ def get_pc_conditional_sampler(sde, score_model, classifier, shape, predictor, c
                                              corrector_cls, snr, n_steps, probability_flow,
                                              generator)
     with torch.no_grad():
-      x = sde.prior_sampling(tuple(shape), generator=generator, device=device)
+      x = sde_lib.prior_draw(sde, shape, device, generator)
       x_mean = x
       timesteps = torch.linspace(sde.T, eps, sde.N, device=device)
       for i in range(sde.N):

@@ -87,7 +87,7 @@ def get_sigma_schedule(sde, num_points, eps, schedule='edm', rho=7.):
 
 
 def _initial_y(sde, shape, ode, z, generator):
-  x = sde.prior_sampling(shape, generator=generator, device=ode.device) if z is None else z
+  x = sde_lib.prior_draw(sde, shape, ode.device, generator) if z is None else z
   return x.to(ode.device) / ode.scale(sde.T)
 
 
@@ -103,6 +103,7 @@ def heun_sample(score_fn, sde, shape, num_steps=18, eps=1e-3, schedule='edm', rh
     num_steps: noise levels from sigma(T) to sigma(eps); the last step to 0 (if `to_zero`) is an
       Euler step, so NFE = 2 num_steps - 1 (2 num_steps - 2 without `to_zero`).
     churn, s_tmin, s_tmax, s_noise: EDM's stochasticity (S_churn etc.); 0 churn is deterministic.
+      The raised noise level is capped at sigma(T), so the first step adds no noise.
     to_zero: finish at sigma = 0 (t = 0), returning a denoised sample; else stop at t = eps.
     z: initial noise x(T) (B, ...) instead of a prior draw.
     generator: torch.Generator, or a list of B of them (example b's noise from generator b).
@@ -118,7 +119,9 @@ def heun_sample(score_fn, sde, shape, num_steps=18, eps=1e-3, schedule='edm', rh
   for i in tqdm(range(len(sigmas) - 1), disable=not progress, desc='heun'):
     sigma, sigma_next = sigmas[i], sigmas[i + 1]
     gamma = gamma_max if s_tmin <= sigma <= s_tmax else 0.
-    sigma_hat = sigma * (1 + gamma)
+    # Never above sigma(T): past it t(sigma) > T, outside what the network was trained on
+    # (discrete-time models' labels leave their table there: negative for VE, > N - 1 for VP).
+    sigma_hat = min(sigma * (1 + gamma), sigmas[0])
     if gamma > 0:  # raise the noise level to sigma_hat with fresh noise
       noise = sde_lib.randn(y.shape, generator, device=y.device)
       y = y + math.sqrt(sigma_hat ** 2 - sigma ** 2) * s_noise * noise

@@ -233,6 +233,7 @@ class LangevinCorrector(_LangevinBase):
   def update_fn(self, x, t):
     alpha = self._alpha(t)
     per_example = isinstance(self.generator, (list, tuple))
+    x_mean = x  # n_steps = 0: no correction
     for _ in range(self.n_steps):
       grad = self.score_fn(x, t)
       noise = self.noise_like(x)
@@ -254,6 +255,7 @@ class AnnealedLangevinDynamics(_LangevinBase):
     alpha = self._alpha(t)
     std = self.sde.marginal_prob(x, t)[1]
     step_size = (self.snr * std) ** 2 * 2 * alpha
+    x_mean = x  # n_steps = 0: no correction
     for _ in range(self.n_steps):
       grad = self.score_fn(x, t)
       noise = self.noise_like(x)
@@ -283,11 +285,6 @@ class _CountingScore:
   def __call__(self, x, t):
     self.count += 1
     return self.score_fn(x, t)
-
-
-def _prior(sde, shape, device, generator):
-  # Drawn where the generator lives (the CPU by default, as the reference) and then moved.
-  return sde.prior_sampling(shape, generator=generator).to(device)
 
 
 def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_steps=1,
@@ -325,7 +322,7 @@ def get_pc_sampler(sde, shape, predictor, corrector, inverse_scaler, snr, n_step
     predictor_obj = predictor(sde, score_fn, probability_flow, **extra)
     corrector_obj = corrector(sde, score_fn, snr, n_steps, **extra)
     with torch.no_grad():
-      x = _prior(sde, shape, device, generator)
+      x = sde_lib.prior_draw(sde, shape, device, generator)
       timesteps = torch.linspace(sde.T, eps, sde.N, device=device)
       for i in tqdm.trange(sde.N, disable=not progress, desc='PC sampling'):
         vec_t = timesteps[i].expand(shape[0]).contiguous()
@@ -365,7 +362,7 @@ def get_ode_sampler(sde, shape, inverse_scaler, denoise=False, rtol=1e-5, atol=1
     rsde = sde.reverse(score_fn, probability_flow=True)
     bar = tqdm.tqdm(disable=not progress, desc='ODE sampling', unit='nfe')
     with torch.no_grad():
-      x = _prior(sde, shape, device, generator) if z is None else z.to(device)
+      x = sde_lib.prior_draw(sde, shape, device, generator) if z is None else z.to(device)
       batch = x.shape[0]
 
       def drift(t, y):

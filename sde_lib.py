@@ -59,6 +59,13 @@ def randn(shape, generator=None, device=None, dtype=None):
   return noise if device is None else noise.to(device)
 
 
+def prior_draw(sde, shape, device, generator=None):
+  """x(T) from `sde`'s prior, (B, ...) on `device`: drawn where the generator lives, the CPU
+  without one (as score_sde_pytorch draws it, so a seed gives its samples on a GPU too), then
+  moved. Every sampler starts here."""
+  return sde.prior_sampling(tuple(shape), generator=generator).to(device)
+
+
 def _exp(v):
   """exp of a tensor or of a Python number (the scalar-time path)."""
   return torch.exp(v) if torch.is_tensor(v) else math.exp(v)

@@ -168,6 +168,23 @@ def test_heun_churn_is_reproducible_and_stochastic():
   assert abs(_variance_ratio(x) - 1) < 0.15
 
 
+@pytest.mark.parametrize('sde_name', ['ve', 'vp'])
+def test_heun_churn_stays_within_the_time_range(sde_name):
+  """Churn raises each noise level by up to sqrt(2) - 1, but never above sigma(T): the network
+  only sees t in [eps, T] (a discrete-time model's label then stays inside its table)."""
+  sde, eps, _, score_fn = _setup(sde_name)
+  times = []
+
+  def recording(x, t):
+    times.append(t)
+    return score_fn(x, t)
+
+  fs.heun_sample(recording, sde, (8,) + EVENT, 18, eps, churn=10.,
+                 generator=torch.Generator().manual_seed(0))
+  times = torch.cat(times)
+  assert times.max().item() <= sde.T * (1 + 1e-6) and times.min().item() >= eps * (1 - 1e-4)
+
+
 def test_heun_converges_to_rk45_from_the_same_noise():
   import sampling
   sde, eps, mixture, _ = _setup('vp')

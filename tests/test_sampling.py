@@ -79,6 +79,21 @@ def test_pc_sampler_matches_gaussian(sde_name, continuous, predictor, corrector)
   assert nfe == expected
 
 
+@pytest.mark.parametrize('corrector', ['langevin', 'ald'])
+def test_corrector_with_zero_steps_is_no_corrector(corrector):
+  """n_steps = 0 (sampling.n_steps_each) makes no correction: the predictor-only samples, with
+  their NFE (the reference fails there, reading a value the empty loop never set)."""
+  sde = sde_lib.VESDE(N=20)
+  model = ExactScoreModel(sde, GAUSSIAN, continuous=True)
+  out = {}
+  for name, n_steps in ((corrector, 0), ('none', 1)):
+    sampler = sampling.get_pc_sampler(sde, (8,) + EVENT, sampling.get_predictor('reverse_diffusion'),
+                                      sampling.get_corrector(name), identity, snr=0.16,
+                                      n_steps=n_steps, eps=1e-5, device='cpu')
+    out[name] = sampler(model, generator=torch.Generator().manual_seed(0))
+  assert torch.equal(out[corrector][0], out['none'][0]) and out[corrector][1] == out['none'][1] == 20
+
+
 @pytest.mark.parametrize('sde_name', ['ve', 'vp'])
 @pytest.mark.parametrize('predictor', ['euler_maruyama', 'reverse_diffusion'])
 def test_pc_probability_flow_predictor(sde_name, predictor):

@@ -346,3 +346,22 @@ def test_prior_sampling_takes_per_image_generators():
   assert torch.equal(alone, 5. * torch.randn((1, 1, 2, 2), generator=torch.Generator().manual_seed(4)))
   vp = sde_lib.VPSDE().prior_sampling((2, 3), generator=[torch.Generator().manual_seed(s) for s in (3, 4)])
   assert torch.equal(vp[0], torch.randn(3, generator=torch.Generator().manual_seed(3)))
+
+
+def test_prior_draw_uses_the_cpu_rng_without_a_generator():
+  """The prior comes from torch's CPU RNG and is then moved, whatever the target device (the
+  reference draws it so: the same seed gives the same x(T) on a GPU). 'meta' stands in for CUDA:
+  the CPU RNG advances exactly as by one torch.randn of that shape."""
+  sde = sde_lib.VESDE(sigma_max=50.)
+  torch.manual_seed(0)
+  x = sde_lib.prior_draw(sde, (3, 1, 4, 4), torch.device('meta'))
+  assert x.device.type == 'meta' and x.shape == (3, 1, 4, 4)
+  after_draw = torch.get_rng_state()
+  torch.manual_seed(0)
+  expected = torch.randn(3, 1, 4, 4) * 50.
+  assert torch.equal(torch.get_rng_state(), after_draw)
+  torch.manual_seed(0)
+  assert torch.equal(sde_lib.prior_draw(sde, (3, 1, 4, 4), 'cpu'), expected)
+  g = torch.Generator().manual_seed(1)
+  assert torch.equal(sde_lib.prior_draw(sde, (3, 1, 4, 4), 'cpu', g),
+                     torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(1)) * 50.)
