@@ -31,7 +31,7 @@ import sde_lib
 from seeds import TRAINING_NOISE, derive_seed
 from models.ema import ExponentialMovingAverage
 from models.wideresnet import WideResNet
-from utils import load_checkpoint_file, restore_checkpoint, save_checkpoint
+from utils import load_checkpoint_file, restore_checkpoint, save_checkpoint, write_json_atomic
 
 # config.classifier keys. Architecture: the JAX original's WRN-28-10. Loop: like config.training.
 CLASSIFIER_DEFAULTS = dict(
@@ -195,7 +195,10 @@ def train_classifier(config, workdir):
   optimize_fn = losses.optimization_manager(config)
   classifier, optimizer, ema = state['model'], state['optimizer'], state['ema']
   metrics_path = os.path.join(root, 'metrics.json')
-  history = json.load(open(metrics_path)) if os.path.exists(metrics_path) and initial_step else []
+  history = []
+  if os.path.exists(metrics_path) and initial_step:
+    with open(metrics_path) as f:  # evaluations after the resume point are run again
+      history = [entry for entry in json.load(f) if entry['step'] < initial_step]
 
   def snapshot(path, steps_done):
     state['step'] = steps_done  # as score_sde's state['step']: optimizer steps taken
@@ -224,8 +227,7 @@ def train_classifier(config, workdir):
       history.append(result)
       logging.info('step: %d, test accuracy (EMA) %s', step,
                    ', '.join(f'{k}: {v:.3f}' for k, v in acc.items()))
-      with open(metrics_path, 'w') as f:
-        json.dump(history, f, indent=1)
+      write_json_atomic(metrics_path, history, indent=1)  # a kill mid-write must not break resume
     if (step != 0 and step % cc.snapshot_freq == 0) or step == cc.n_iters:
       snapshot(os.path.join(ckpt_dir, f'checkpoint_{step // cc.snapshot_freq}.pth'), step + 1)
     if (step != 0 and step % cc.snapshot_freq_for_preemption == 0) or step == cc.n_iters:

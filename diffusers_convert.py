@@ -35,6 +35,7 @@ import warnings
 import torch
 
 import pipelines
+import utils
 
 UNET_WEIGHTS = ('diffusion_pytorch_model.safetensors', 'diffusion_pytorch_model.bin')
 FIR_KERNEL = [1, 3, 3, 1]
@@ -109,6 +110,9 @@ def conversion_problems(config):
       problems.append(f'model.{key} is False, diffusers needs True')
   if m.fir and list(m.fir_kernel) != FIR_KERNEL:
     problems.append(f'model.fir_kernel is {list(m.fir_kernel)}, diffusers needs {FIR_KERNEL}')
+  if config.data.centered:
+    problems.append('data.centered is True: diffusers\' pipeline clamps samples to [0, 1] without '
+                    'mapping them from [-1, 1] first')
   if config.data.num_channels != 3:
     problems.append(f'data.num_channels is {config.data.num_channels}; diffusers\' skip convs are '
                     'fixed to 3 channels')
@@ -330,6 +334,16 @@ def to_diffusers_state_dict(state_dict, config):
 def from_diffusers_state_dict(state_dict, config):
   """UNet2DModel state dict (new or pre-0.14 attention names) -> our NCSN++'s, without `sigmas`."""
   inverse = {name: (ours, transpose) for ours, (name, transpose) in _key_table(config).items()}
+  state_dict = dict(state_dict)
+  # diffusers before ~0.4 registered the Fourier projection twice, as `W` and `weight` (its old
+  # conversion script set both); today's UNet2DModel ignores the extra key.
+  old_w = state_dict.pop('time_proj.W', None)
+  if old_w is not None:
+    if 'time_proj.weight' not in state_dict:
+      state_dict['time_proj.weight'] = old_w
+    elif not torch.equal(old_w, state_dict['time_proj.weight']):
+      raise ValueError('The weights hold time_proj.W and time_proj.weight with different values; '
+                       'one Fourier projection was expected.')
   out = {}
   for key, value in state_dict.items():
     for old, new in _OLD_ATTN_NAMES.items():
@@ -423,19 +437,26 @@ def save_pipeline_folder(folder, model, scheduler, config=None, safe_serializati
   unet_dir = os.path.join(folder, 'unet')
   os.makedirs(unet_dir, exist_ok=True)
   weights = {k: v.detach().cpu() for k, v in weights.items()}
+  # Each file is written whole and renamed into place: a crash leaves the previous export.
   if safe_serialization:
-    _safetensors().save_file(weights, os.path.join(unet_dir, UNET_WEIGHTS[0]),
-                             metadata={'format': 'pt'})
+    path = os.path.join(unet_dir, UNET_WEIGHTS[0])
+    _safetensors().save_file(weights, path + '.tmp', metadata={'format': 'pt'})
+    os.replace(path + '.tmp', path)
   else:
-    torch.save(weights, os.path.join(unet_dir, UNET_WEIGHTS[1]))
-  with open(os.path.join(unet_dir, 'config.json'), 'w') as f:
-    json.dump(unet_config(config), f, indent=2, sort_keys=True)
+    utils.torch_save_atomic(weights, os.path.join(unet_dir, UNET_WEIGHTS[1]))
+  # Weights of the other format left by an earlier export would be read instead of (safetensors)
+  # or besides these, by diffusers and by read_unet_weights alike.
+  other = os.path.join(unet_dir, UNET_WEIGHTS[1 if safe_serialization else 0])
+  if os.path.exists(other):
+    os.remove(other)
+  utils.write_json_atomic(os.path.join(unet_dir, 'config.json'), unet_config(config), indent=2,
+                          sort_keys=True)
   scheduler.save_pretrained(os.path.join(folder, 'scheduler'))
   index = {'_class_name': 'ScoreSdeVePipeline',
            '_diffusers_version': pipelines._diffusers_format_version(),
            'scheduler': ['diffusers', 'ScoreSdeVeScheduler'], 'unet': ['diffusers', 'UNet2DModel']}
-  with open(os.path.join(folder, 'model_index.json'), 'w') as f:
-    json.dump(index, f, indent=2, sort_keys=True)
+  utils.write_json_atomic(os.path.join(folder, 'model_index.json'), index, indent=2,
+                          sort_keys=True)
 
 
 def load_checkpoint_model(config, checkpoint_path, use_ema=True, device='cpu'):

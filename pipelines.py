@@ -52,6 +52,9 @@ class FrozenConfig(dict):
 
   __setattr__ = __setitem__ = __delitem__ = update = pop = setdefault = _readonly
 
+  def __reduce__(self):  # copy / deepcopy / pickle rebuild from the items, not by setting them
+    return (FrozenConfig, (dict(self),))
+
 
 class _Output:
   """Dataclass outputs that also index like diffusers' (`out[0]`, `out.to_tuple()`)."""
@@ -283,18 +286,25 @@ class ScoreSdeVePipeline:
 
   # --- loading and saving (diffusers folders; see diffusers_convert.py) ------------------------
   @classmethod
-  def from_pretrained(cls, folder, device='cpu', revision=None, cache_dir=None,
-                      **scheduler_overrides):
+  def from_pretrained(cls, folder, device='cpu', revision=None, cache_dir=None, precision='fp32',
+                      torch_dtype=None, **scheduler_overrides):
     """Load a diffusers ScoreSdeVe pipeline folder (model_index.json, unet/, scheduler/) into our
     NCSN++ and scheduler. `folder` may be a hub id such as 'google/ncsnpp-celebahq-256': it is
     fetched into huggingface_hub's cache (`revision`, `cache_dir`), or read from there under
-    HF_HUB_OFFLINE=1 (see `hub.resolve_folder`). `scheduler_overrides` (e.g. snr=0.16) replace
-    scheduler config values."""
+    HF_HUB_OFFLINE=1 (see `hub.resolve_folder`). `precision` as in the constructor; diffusers'
+    `torch_dtype` (torch.bfloat16 / float16 / float32) selects it too, the weights staying
+    float32. `scheduler_overrides` (e.g. snr=0.16) replace scheduler config values."""
     import diffusers_convert
+    if torch_dtype is not None:
+      dtypes = {torch.float32: 'fp32', torch.bfloat16: 'bf16', torch.float16: 'fp16'}
+      if torch_dtype not in dtypes:
+        raise ValueError(f'torch_dtype={torch_dtype} is not one of {list(dtypes)}.')
+      precision = dtypes[torch_dtype]
+    precision_lib.check(precision)
     folder = _resolve(folder, revision, cache_dir, weights=True)
     model, scheduler = diffusers_convert.load_pipeline_folder(folder, device=device,
                                                               **scheduler_overrides)
-    return cls(model, scheduler)
+    return cls(model, scheduler, precision=precision)
 
   def save_pretrained(self, folder, safe_serialization=True):
     """Write a folder that diffusers' `ScoreSdeVePipeline.from_pretrained` loads. The model must
@@ -351,7 +361,9 @@ class ScoreSdeVePipeline:
     x_0 ~ N(0, sigma_max^2 I) (drawn on the generator's device, else the CPU); for each t_i in
     `scheduler.timesteps`: `correct_steps` x (score at sigma(t_i), step_correct), then the score
     at sigma(t_i) and step_pred.
-    The result is the last `prev_sample_mean` (no noise on the final step) clamped to [0, 1].
+    The result is the last `prev_sample_mean` (no noise on the final step) clamped to [0, 1];
+    for our NCSN++ trained on centred data (config.data.centered) it is first mapped from
+    [-1, 1], as the samplers' inverse scaler does.
 
     Args:
       batch_size: number of images B.
@@ -377,6 +389,8 @@ class ScoreSdeVePipeline:
                                         generator=generator).prev_sample
       output = scheduler.step_pred(self._score(sample, sigma_t), t, sample, generator=generator)
       sample, sample_mean = output.prev_sample, output.prev_sample_mean
+    if _lookup(getattr(self.unet, 'config', None), 'data', 'centered'):
+      sample_mean = (sample_mean + 1.) / 2.  # trained on [-1, 1]: sampling's inverse scaler
     images = sample_mean.clamp(0, 1).cpu().permute(0, 2, 3, 1).numpy()
     if output_type == 'pil':
       images = self.numpy_to_pil(images)

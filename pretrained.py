@@ -37,7 +37,11 @@ def path_of(name_or_path):
   """assets/pretrained/<name>.pth for a shipped name ('ve_digits'), else the path as given."""
   if name_or_path in MODELS:
     return PRETRAINED_DIR / f'{name_or_path}.pth'
-  return pathlib.Path(name_or_path)
+  path = pathlib.Path(name_or_path)
+  if not path.exists() and path.suffix == '' and len(path.parts) == 1:
+    raise FileNotFoundError(f'{name_or_path!r} is neither a shipped model ({", ".join(MODELS)}) '
+                            'nor a checkpoint file.')
+  return path
 
 
 def read_meta(name_or_path):

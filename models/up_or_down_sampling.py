@@ -25,9 +25,12 @@ def setup_kernel(k):
 
 @functools.lru_cache(maxsize=64)
 def _kernel_tensor(k, scale, device, dtype):
-  # Cached so a forward pass does not rebuild (or re-upload to the GPU) the same 16 numbers.
+  # Cached so a forward pass does not rebuild (or re-upload to the GPU) the same 16 numbers;
+  # built outside inference mode, or a first call under torch.inference_mode() would cache an
+  # inference tensor that no later training step could save for backward.
   kernel = setup_kernel(k) * np.float32(scale)
-  return torch.tensor(kernel, device=device).to(dtype)
+  with torch.inference_mode(False):
+    return torch.tensor(kernel, device=device).to(dtype)
 
 
 def fir_kernel(k, scale, like):
@@ -112,7 +115,8 @@ def upsample_conv_2d(x, w, k=None, factor=2, gain=1):
   """`upsample_2d(x, k)` followed by a 'same' convolution with `w`, fused (StyleGAN2).
 
   A stride-`factor` transposed convolution with the flipped weights, then one FIR pass; the
-  result equals `F.conv2d(upsample_2d(x, k), w, padding=kernel // 2)`.
+  result equals `F.conv2d(upsample_2d(x, k), w, padding=kernel // 2)` away from the borders
+  (StyleGAN2's fused op pads differently there).
   (score_sde_pytorch's version slices a tensor with a negative step and cannot run; no official
   config reaches it.)
 

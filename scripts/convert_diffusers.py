@@ -91,7 +91,8 @@ def main(argv=None):
                            args.device)
     else:
       parser.error(f'{args.src} is neither a folder nor a file.')
-  except (ValueError, FileNotFoundError) as e:
+  # A config diffusers cannot hold, a missing or unwritable path, a corrupt checkpoint.
+  except (ValueError, OSError, RuntimeError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
   return 0

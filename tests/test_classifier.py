@@ -122,15 +122,23 @@ def test_train_classifier_on_digits_beats_chance(tmp_path):
 
 def test_train_classifier_resumes_where_it_stopped(tmp_path):
   config = _digits_config()
-  config.classifier.update(n_iters=8, eval_freq=1000, snapshot_freq=4,
+  config.classifier.update(n_iters=8, eval_freq=3, snapshot_freq=4,
                            snapshot_freq_for_preemption=4, embedding_size=8)
   straight = classifier_lib.train_classifier(config, str(tmp_path / 'a'))
   # Stop after step 4 (the resume checkpoint then says 5 steps done), then go on to 8.
   config.classifier.n_iters = 4
   classifier_lib.train_classifier(config, str(tmp_path / 'b'))
+  # As if the run had gone on to evaluate step 6 and been killed before its next checkpoint.
+  metrics = tmp_path / 'b' / 'classifier' / 'metrics.json'
+  metrics.write_text(json.dumps(json.loads(metrics.read_text())
+                                + [{'step': 6, 'accuracy': {'t=0': -1.}}]))
   config.classifier.n_iters = 8
   resumed = classifier_lib.train_classifier(config, str(tmp_path / 'b'))
   assert resumed['accuracy'] == straight['accuracy']
+  steps = [entry['step'] for entry in json.loads(metrics.read_text())]
+  assert steps == [0, 3, 4, 6, 8]  # step 6 evaluated once, by the resumed run
+  assert json.loads(metrics.read_text())[3] == json.loads(
+    (tmp_path / 'a' / 'classifier' / 'metrics.json').read_text())[2]  # a's step 6
   a = torch.load(tmp_path / 'a/classifier/checkpoints-meta/checkpoint.pth', weights_only=True)
   b = torch.load(tmp_path / 'b/classifier/checkpoints-meta/checkpoint.pth', weights_only=True)
   for k in a['model']:

@@ -169,14 +169,23 @@ def test_state_dict_round_trip_is_exact():
     dc.to_diffusers_state_dict({**sd, 'all_modules.999.weight': sd['all_modules.3.weight']}, config)
 
 
+def _bin_folder(folder, seed):
+  """(our random NCSN++, its .bin weights file, the saved diffusers state dict) in `folder`."""
+  config = shrunk_config()
+  ours = _randomise(create_model(config), seed=seed)
+  dc.save_pipeline_folder(folder, ours, dc.scheduler_from_config(config), safe_serialization=False)
+  path = folder / 'unet' / 'diffusion_pytorch_model.bin'
+  return ours, path, torch.load(path, weights_only=True)
+
+
+def _loads_back(folder, ours):
+  back, _ = dc.load_pipeline_folder(folder)
+  return all(torch.equal(v, ours.state_dict()[k]) for k, v in back.state_dict().items())
+
+
 def test_pre_0_14_attention_names_load(tmp_path):
   """Hub folders saved by old diffusers name attention query/key/value/proj_attn."""
-  config = shrunk_config()
-  ours = _randomise(create_model(config), seed=4)
-  dc.save_pipeline_folder(tmp_path, ours, dc.scheduler_from_config(config),
-                          safe_serialization=False)
-  path = tmp_path / 'unet' / 'diffusion_pytorch_model.bin'
-  state = torch.load(path, weights_only=True)
+  ours, path, state = _bin_folder(tmp_path, seed=4)
   renames = {'to_q': 'query', 'to_k': 'key', 'to_v': 'value', 'to_out.0': 'proj_attn'}
   old = {}
   for key, value in state.items():
@@ -185,8 +194,33 @@ def test_pre_0_14_attention_names_load(tmp_path):
     old[key] = value
   assert any('.proj_attn.' in k for k in old)
   torch.save(old, path)
-  back, _ = dc.load_pipeline_folder(tmp_path)
-  assert all(torch.equal(v, ours.state_dict()[k]) for k, v in back.state_dict().items())
+  assert _loads_back(tmp_path, ours)
+
+
+def test_old_fourier_key_W_loads(tmp_path):
+  """Folders from diffusers before ~0.4 hold the Fourier projection as time_proj.W and
+  time_proj.weight (today's UNet2DModel ignores the extra key); two different values are an
+  error."""
+  ours, path, state = _bin_folder(tmp_path, seed=5)
+  torch.save({**state, 'time_proj.W': state['time_proj.weight'].clone()}, path)
+  assert _loads_back(tmp_path, ours)
+  torch.save({**state, 'time_proj.W': state['time_proj.weight'] + 1}, path)
+  with pytest.raises(ValueError, match='time_proj.W and time_proj.weight'):
+    dc.load_pipeline_folder(tmp_path)
+
+
+def test_exporting_again_in_the_other_format_replaces_the_weights(tmp_path):
+  """A .bin export over a safetensors one (or back) leaves one weights file, the new one:
+  safetensors is read first, so a stale one would shadow the new model."""
+  pytest.importorskip('safetensors')
+  config = shrunk_config()
+  first, second = (_randomise(create_model(config), seed=s) for s in (6, 7))
+  for model, safe in ((first, True), (second, False), (first, True)):
+    dc.save_pipeline_folder(tmp_path, model, dc.scheduler_from_config(config),
+                            safe_serialization=safe)
+    assert sorted(p.name for p in (tmp_path / 'unet').iterdir()) == sorted(
+      ['config.json', dc.UNET_WEIGHTS[0 if safe else 1]])
+    assert _loads_back(tmp_path, model)
 
 
 # --- bad folders ----------------------------------------------------------------------------------
@@ -235,6 +269,19 @@ def test_bad_folders_give_clear_errors(good_folder, damage, error, match):
     pipelines.ScoreSdeVePipeline.from_pretrained(good_folder)
 
 
+def test_pipeline_from_pretrained_takes_the_precision(good_folder):
+  """precision= (or diffusers' torch_dtype=) reaches the pipeline, not the scheduler."""
+  load = pipelines.ScoreSdeVePipeline.from_pretrained
+  assert load(good_folder).precision == 'fp32'
+  assert load(good_folder, precision='bf16').precision == 'bf16'
+  assert load(good_folder, torch_dtype=torch.float16).precision == 'fp16'
+  assert 'precision' not in load(good_folder, precision='bf16').scheduler.config
+  with pytest.raises(ValueError, match='torch_dtype'):
+    load(good_folder, torch_dtype=torch.int8)
+  with pytest.raises(ValueError, match='fp32, bf16, fp16'):
+    load(good_folder, precision='fp8')
+
+
 def test_multi_head_attention_folder_warns(good_folder):
   _edit_json(good_folder / 'unet' / 'config.json', attention_head_dim=8)
   with pytest.warns(UserWarning, match='into 16 heads'):
@@ -281,6 +328,15 @@ def test_command_line_refuses_unconvertible_checkpoint(capsys):
   err = capsys.readouterr().err
   assert code == 1
   assert "progressive_input is 'residual'" in err and 'no exact diffusers' in err
+
+
+def test_command_line_reports_a_corrupt_checkpoint_without_a_traceback(tmp_path, capsys):
+  bad = tmp_path / 'bad.pth'
+  bad.write_bytes(b'PK\x03\x04 not a checkpoint')
+  code = convert_diffusers.main([str(bad), str(tmp_path / 'out'), '--config',
+                                 've/celebahq_256_ncsnpp_continuous'])
+  err = capsys.readouterr().err
+  assert code == 1 and err.startswith('error: ') and 'corrupt' in err and 'Traceback' not in err
 
 
 def test_core_works_without_diffusers(tmp_path):

@@ -34,6 +34,12 @@ def _shipped(name):
   return path
 
 
+def test_unknown_name_lists_the_shipped_models():
+  with pytest.raises(FileNotFoundError, match="'ve_digit' is neither a shipped model "
+                                              r"\(ve_digits, vp_digits\)"):
+    pretrained.load('ve_digit', device='cpu')
+
+
 def test_budget():
   files = sorted(pretrained.PRETRAINED_DIR.glob('*.pth'))
   assert files, 'assets/pretrained/ holds no model'

@@ -184,6 +184,18 @@ def test_cpu_reduced_precision_filters_in_float32(resample):
   out.float().sum().backward()
   assert half.grad.dtype == torch.bfloat16 and half.grad.abs().sum() > 0
 
+def test_training_after_inference_mode():
+  """The cached FIR kernel is built outside inference mode: a first forward pass under
+  torch.inference_mode() (sampling) does not make later training steps fail in backward."""
+  uds._kernel_tensor.cache_clear()
+  with torch.inference_mode():
+    uds.upsample_2d(torch.randn(1, 2, 4, 4), (1, 3, 3, 1))
+    uds.downsample_2d(torch.randn(1, 2, 4, 4), (1, 3, 3, 1))
+  x = torch.randn(1, 2, 4, 4, requires_grad=True)
+  (uds.upsample_2d(x, (1, 3, 3, 1)).sum() + uds.downsample_2d(x, (1, 3, 3, 1)).sum()).backward()
+  assert x.grad.abs().sum() > 0
+
+
 def test_bad_arguments_raise():
   x = torch.zeros(1, 1, 4, 4)
   with pytest.raises(ValueError, match='factor'):
