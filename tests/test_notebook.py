@@ -84,4 +84,7 @@ def test_notebook_runs_in_quick_mode(tmp_path, monkeypatch):
   bpd = float(re.search(r'bits/dim on \d+ test digits: ([\d.]+)', text)[1])
   assert 0.5 < bpd < 3, bpd
   assert 'Colorization skipped' in text
+  # The pipeline draws the PC sampler's images (the digits model is centred: mapped from [-1, 1]).
+  gap = float(re.search(r'max \|pipeline - PC sampler of section 3\| = ([-+.e\d]+)', text)[1])
+  assert gap < 1e-5, gap
   assert len(_outputs(nb, 'image/png')) >= 12  # every step shows its picture
