@@ -52,6 +52,7 @@ import losses
 import run_lib
 import sampling
 import sde_lib
+import run_config
 import utils
 from datasets import to_uint8
 from seeds import derive_seed
@@ -215,6 +216,9 @@ def compute_metrics(config, sample_dir, score):
   n = config.eval.num_samples
   pool_3 = np.concatenate([s['pool_3'] for s in stats])[:n]
   logits = np.concatenate([s['logits'] for s in stats])[:n]
+  if len(pool_3) < n:
+    raise ValueError(f'{sample_dir} holds {len(pool_3)} samples, fewer than config.eval.num_samples'
+                     f' = {n}: its rounds were drawn with another batch size.')
   return score(pool_3, logits)
 
 
@@ -262,7 +266,7 @@ def evaluate(config, workdir, eval_folder='eval'):
   Without the Inception weights or the dataset statistics, loss and bits/dim still run and the
   sampling evaluation stops with an error naming the missing file (raised at the end).
   """
-  with distributed.process_group(config) as (rank, _):
+  with distributed.process_group(config, distributed.UNEVEN_WORK_TIMEOUT) as (rank, _):
     _evaluate(config, workdir, eval_folder, rank)
 
 
@@ -281,13 +285,24 @@ def build_tools(config, sde, sampling_eps):
   tools = {'scaler': datasets.get_data_scaler(config)}
   sampling_error = None
   if ev.enable_sampling:
+    rank, _ = distributed.rank_world()
+    if rank != 0:
+      distributed.barrier()  # rank 0 fetches the Inception weights alone, first
     try:
       tools['inception'], tools['score'] = _sampling_tools(config)
     except (FileNotFoundError, ValueError) as e:
-      if not (ev.enable_loss or ev.enable_bpd):
-        raise
-      logging.error('FID/IS/KID evaluation is skipped; loss and bits/dim go on. %s', e)
       sampling_error = e
+    if rank == 0:
+      distributed.barrier()
+    # Every rank samples, or none: their barriers must pair up.
+    if not distributed.all_ranks(sampling_error is None) and sampling_error is None:
+      sampling_error = FileNotFoundError('FID/IS/KID: another process could not load the feature '
+                                         'network or the dataset statistics; see its log.')
+    if sampling_error is not None:
+      tools.pop('inception', None), tools.pop('score', None)
+      if not (ev.enable_loss or ev.enable_bpd):
+        raise sampling_error
+      logging.error('FID/IS/KID evaluation is skipped; loss and bits/dim go on. %s', sampling_error)
     else:
       shape = (ev.batch_size, config.data.num_channels, config.data.image_size, config.data.image_size)
       # The network samples in config.eval.precision; bits/dim below always run in float32.
@@ -344,10 +359,46 @@ def evaluate_checkpoint(config, state, sde, tools, eval_dir, ckpt, rank):
   return results
 
 
+def eval_identity(config):
+  """What the files of an evaluation folder depend on besides the checkpoint, as JSON values:
+  an interrupted evaluation resumes on its files only with these unchanged. (num_samples may
+  grow: more rounds of the same seeds.)"""
+  ev = config.eval
+  found = dict(seed=config.seed, batch_size=ev.batch_size, precision=ev.get('precision', 'fp32'),
+               sampler={k: v for k, v in config.sampling.to_dict().items()
+                        if k not in ('progress', 'compile', 'compile_mode', 'precision')},
+               features=dict(network=ev.get('feature_network', 'auto'),
+                             inception_mode=ev.get('inception_mode', 'legacy_tensorflow')),
+               bpd=dict(dataset=ev.bpd_dataset, repeats=ev.get('bpd_num_repeats', None),
+                        rtol=ev.get('bpd_rtol', 1e-5), atol=ev.get('bpd_atol', 1e-5)),
+               data=dict(dataset=config.data.dataset, image_size=config.data.image_size,
+                         uniform_dequantization=config.data.uniform_dequantization))
+  return json.loads(json.dumps(run_config.jsonable(found)))
+
+
+def check_eval_folder(eval_dir, config):
+  """Record eval_identity(config) in eval_dir/eval_config.json, or refuse a folder whose files
+  were made with other settings (ValueError naming them)."""
+  path = os.path.join(eval_dir, 'eval_config.json')
+  ident = eval_identity(config)
+  if os.path.exists(path):
+    with open(path) as f:
+      differ, details = run_config.differences(json.load(f), ident)
+    if differ:
+      raise ValueError(f'{eval_dir} holds an evaluation made with other settings ({details}); '
+                       'its files would be reused as they are. Pass another --eval_folder, or '
+                       'delete the folder to evaluate again.')
+  else:
+    utils.write_json_atomic(path, ident, indent=1, sort_keys=True)
+
+
 def _evaluate(config, workdir, eval_folder, rank):
   ev = config.eval
   eval_dir = os.path.join(workdir, eval_folder)
   os.makedirs(eval_dir, exist_ok=True)
+  if rank == 0:
+    check_eval_folder(eval_dir, config)
+  distributed.barrier()
   state = build_state(config)
   sde, sampling_eps = sde_lib.get_sde(config)
   tools, sampling_error = build_tools(config, sde, sampling_eps)

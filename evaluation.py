@@ -44,7 +44,7 @@ def inception_candidates():
 
 def _download(url, dest, timeout):
   dest.parent.mkdir(parents=True, exist_ok=True)
-  tmp = dest.with_name(dest.name + '.part')
+  tmp = dest.with_name(f'{dest.name}.{os.getpid()}.part')  # processes downloading at once
   try:
     with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, 'wb') as f:
       shutil.copyfileobj(response, f)

@@ -46,6 +46,19 @@ def flatten_config(tree, prefix=''):
   return flat
 
 
+def differences(saved, now, allowed=(), limit=8):
+  """Where two JSON trees (nested dicts) differ: (sorted flattened keys, 'key: a there, b now; ...'
+  for the first `limit`). Keys equal to an entry of `allowed`, or under one ending in '.', are
+  left out."""
+  saved, now = flatten_config(saved), flatten_config(now)
+  keys = sorted(k for k in set(saved) | set(now)
+                if saved.get(k, '<absent>') != now.get(k, '<absent>')
+                and not any(k == p or (p.endswith('.') and k.startswith(p)) for p in allowed))
+  details = '; '.join(f'{k}: {saved.get(k, "<absent>")!r} there, {now.get(k, "<absent>")!r} now'
+                      for k in keys[:limit])
+  return keys, details
+
+
 def check_and_save_config(config, workdir):
   """Write the resolved config to workdir/config.json, refusing a workdir of another run.
 
@@ -57,13 +70,8 @@ def check_and_save_config(config, workdir):
   if os.path.exists(path):
     with open(path) as f:
       saved = dict(ADDED_KEYS, **flatten_config(json.load(f)))
-    now = flatten_config(current)
-    differ = sorted(k for k in set(saved) | set(now)
-                    if saved.get(k, '<absent>') != now.get(k, '<absent>')
-                    and not any(k == p or (p.endswith('.') and k.startswith(p)) for p in RESUMABLE_CHANGES))
+    differ, details = differences(saved, current, RESUMABLE_CHANGES)
     if differ:
-      details = '; '.join(f'{k}: {saved.get(k, "<absent>")!r} there, {now.get(k, "<absent>")!r} now'
-                          for k in differ[:8])
       raise ValueError(f'Workdir {workdir} holds a run of another config ({details}). Use a new '
                        '--workdir, or the config saved in config.json to resume that run.')
   utils.write_json_atomic(path, current, indent=2, sort_keys=True)

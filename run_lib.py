@@ -32,7 +32,7 @@ import datasets
 import losses
 import precision as precision_lib
 import sde_lib
-from distributed import global_mean, process_group
+from distributed import gather_objects, global_mean, process_group
 from models import utils as mutils
 from models.ema import ExponentialMovingAverage
 from run_config import check_and_save_config
@@ -74,15 +74,6 @@ def set_rng_state(rng, noise_generator, device):
   noise_generator.set_state(rng['noise'])
 
 
-def _gather_rng(noise_generator, device, world):
-  rng = get_rng_state(noise_generator, device)
-  if world == 1:
-    return [rng]
-  gathered = [None] * world
-  dist.all_gather_object(gathered, rng)
-  return gathered
-
-
 # --- Building, checkpoints ----------------------------------------------------------------------
 
 def build_state(config):
@@ -93,10 +84,10 @@ def build_state(config):
   return dict(optimizer=optimizer, model=model, ema=ema, step=0)
 
 
-def save(path, state, noise_generator, config, rank, world, grad_scaler=None):
+def save(path, state, noise_generator, config, rank, grad_scaler=None):
   """Checkpoint `state` with every rank's RNG states and the fp16 gradient scaler's state
   ('grad_scaler': scale and growth tracker) (collective; rank 0 writes)."""
-  rng = _gather_rng(noise_generator, config.device, world)
+  rng = gather_objects(get_rng_state(noise_generator, config.device))
   extra = {} if grad_scaler is None else {'grad_scaler': grad_scaler.state_dict()}
   if rank == 0:
     save_checkpoint(path, dict(state, rng=rng, **extra))
@@ -364,12 +355,12 @@ def _train(config, workdir, rank, world):
 
     if snapshot:
       save(os.path.join(ckpt_dir, f'checkpoint_{step // tc.snapshot_freq}.pth'), state,
-           noise_generator, config, rank, world, grad_scaler)
+           noise_generator, config, rank, grad_scaler)
       if sampler is not None:
         save_samples(sampler, model, state['ema'], sample_dir, step, config, rank, world)
 
     if preemption:
-      save(meta_path, state, noise_generator, config, rank, world, grad_scaler)
+      save(meta_path, state, noise_generator, config, rank, grad_scaler)
 
   if main_process:
     progress.close()

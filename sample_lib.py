@@ -181,12 +181,8 @@ def open_folder(folder, ident):
   if not meta_path.exists():
     return {}
   meta = _read_json(meta_path)
-  saved, now = run_config.flatten_config({k: meta.get(k) for k in ident}), run_config.flatten_config(ident)
-  differ = sorted(k for k in set(saved) | set(now)
-                  if saved.get(k, '<absent>') != now.get(k, '<absent>'))
+  differ, details = run_config.differences({k: meta.get(k) for k in ident}, ident, limit=6)
   if differ:
-    details = '; '.join(f'{k}: {saved.get(k, "<absent>")!r} there, {now.get(k, "<absent>")!r} now'
-                        for k in differ[:6])
     raise ValueError(f'{folder} holds images of another checkpoint, config or sampler ({details}). '
                      'Images are not mixed: pass another --config.sample.out, or delete the '
                      'folder to start it again.')
@@ -255,7 +251,7 @@ def sample(config, workdir):
   if s.batch_size <= 0:
     raise ValueError(f'config.sample.batch_size is {s.batch_size}; it must be at least 1.')
   checkpoint = resolve_checkpoint(workdir, s.ckpt)
-  with distributed.process_group(config) as (rank, world):
+  with distributed.process_group(config, distributed.UNEVEN_WORK_TIMEOUT) as (rank, world):
     return _sample(config, workdir, seeds, checkpoint, rank, world)
 
 
@@ -264,6 +260,10 @@ def _sample(config, workdir, seeds, checkpoint, rank, world):
   sde, eps = build_sde(config)
   task = TASKS[s.task](config, workdir, sde, eps)  # checks the sampler and inputs before loading
   model, step = load_score_model(config, checkpoint, s.ema)
+  loaded = distributed.gather_objects((str(checkpoint), step))
+  if len(set(loaded)) > 1:  # e.g. 'latest' while training replaced checkpoints-meta
+    raise RuntimeError(f'The processes loaded different checkpoints ({sorted(set(loaded))}): one '
+                       'was replaced while they read it. Pass config.sample.ckpt = a step number.')
   ident = identity(config, checkpoint, step, task)
   folder = pathlib.Path(workdir) / 'generated' / (s.out or default_out(config, step, ident))
   meta = open_folder(folder, ident)
@@ -287,10 +287,8 @@ def _sample(config, workdir, seeds, checkpoint, rank, world):
   start = time.time()
   records = draw(task, model, config, folder, pending[rank::world], rank,
                  meta if rank == 0 else None)
-  if world > 1:
-    gathered = [None] * world
-    dist.all_gather_object(gathered, records)  # also waits for every rank's images
-    records = [r for part in gathered for r in part]
+  # Also waits for every rank's images.
+  records = [r for part in distributed.gather_objects(records) for r in part]
   if rank == 0:
     assemble(task, config, folder, seeds)
     meta.update(batches=meta['batches'] + records,

@@ -8,5 +8,15 @@ EVAL_LOSS_NOISE = 2 ** 40 + 2  # the evaluation loss during training, reseeded p
 
 
 def derive_seed(*parts):
-  """A 63-bit seed from non-negative integers, e.g. (config.seed, checkpoint, batch)."""
-  return int(np.random.SeedSequence(list(parts)).generate_state(1, np.uint64)[0] >> 1)
+  """A 63-bit seed from non-negative integers below 2^64, e.g. (config.seed, checkpoint, batch).
+
+  Distinct tuples give distinct inputs to numpy's SeedSequence: it pads with zeros and splits
+  large integers into 32-bit words, so (3, 0) and (3,), or (3, 2^40 + 1) and (3, 1, 256), would
+  give one seed; hence the count first and two words per part.
+  """
+  words = [len(parts)]
+  for part in parts:
+    if not 0 <= part < 2 ** 64:
+      raise ValueError(f'Seed parts must be integers in [0, 2^64); got {part}.')
+    words += [int(part) & 0xFFFFFFFF, int(part) >> 32]
+  return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] >> 1)

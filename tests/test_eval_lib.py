@@ -214,3 +214,48 @@ def test_bad_eval_settings_are_named(tmp_path):
   config.eval.feature_network = 'clip'
   with pytest.raises(ValueError, match="feature_network is 'clip'"):
     eval_lib.build_tools(config, sde, eps)
+
+
+def test_a_folder_of_other_settings_is_refused_and_short_rounds_are_caught(tmp_path):
+  """An interrupted evaluation resumes on its files only with the settings that made them:
+  another batch size (or sampler, seed, bits/dim tolerance) is refused, naming it; growing
+  num_samples is allowed. Rounds that hold fewer samples than num_samples are an error."""
+  config = tiny_config(tmp_path)
+  config.eval.enable_bpd = config.eval.enable_sampling = False
+  workdir = tmp_path / 'run'
+  write_checkpoint(config, workdir)
+  eval_lib.evaluate(config, str(workdir))
+  saved = json.loads((workdir / 'eval' / 'eval_config.json').read_text())
+  assert saved['batch_size'] == 20 and saved['sampler']['method'] == config.sampling.method
+  config.eval.num_samples = 60
+  eval_lib.evaluate(config, str(workdir))
+  config.eval.batch_size = 10
+  with pytest.raises(ValueError, match=r'batch_size: 20 there, 10 now.*--eval_folder'):
+    eval_lib.evaluate(config, str(workdir))
+  eval_lib.evaluate(config, str(workdir), eval_folder='eval_b10')  # another folder is fine
+  sample_dir = tmp_path / 'rounds'
+  sample_dir.mkdir()
+  for r in range(3):  # 3 rounds of 10 when 60 samples at batch 10 need 6 rounds of 10
+    np.savez(sample_dir / f'statistics_{r}.npz', pool_3=np.zeros((10, 4)), logits=np.zeros((10, 3)))
+  config.eval.num_samples = 25
+  config.eval.batch_size = 5  # 5 rounds wanted, of which 3 exist with 30 samples
+  with pytest.raises(FileNotFoundError):
+    eval_lib.compute_metrics(config, str(sample_dir), lambda p, l: {})
+  config.eval.batch_size = 20  # 2 rounds wanted: 20 samples found, 25 asked for
+  with pytest.raises(ValueError, match='holds 20 samples, fewer than config.eval.num_samples'):
+    eval_lib.compute_metrics(config, str(sample_dir), lambda p, l: {})
+
+
+def test_every_process_samples_or_none(tmp_path, monkeypatch):
+  """When another process cannot load the feature network or the statistics (e.g. its download
+  failed), this one skips FID/IS/KID too, so that their barriers still pair up; loss and
+  bits/dim go on."""
+  config = tiny_config(tmp_path)
+  config.eval.feature_network = 'digits'  # needs no statistics file
+  sde, eps = eval_lib.sde_lib.get_sde(config)
+  tools, error = eval_lib.build_tools(config, sde, eps)
+  assert error is None and 'sampling_fn' in tools
+  monkeypatch.setattr(eval_lib.distributed, 'all_ranks', lambda flag: False)  # another failed
+  tools, error = eval_lib.build_tools(config, sde, eps)
+  assert isinstance(error, FileNotFoundError) and 'another process' in str(error)
+  assert 'sampling_fn' not in tools and 'inception' not in tools and 'likelihood_fn' in tools

@@ -465,3 +465,14 @@ def test_unwritable_workdir_and_mixed_folders_are_refused(trained, tmp_path):
   folder = _run(tmp_path, **dict(common, sample__seeds='1-3', sample__batch_size=1))
   assert _samples(folder).shape[0] == 3 and _names(folder) == [f'{k:06d}.png' for k in range(4)]
 
+
+
+def test_processes_that_loaded_different_checkpoints_stop(trained, monkeypatch):
+  """With ckpt='latest' a checkpoint replaced by training between two processes' reads would
+  mix images of two weights in one folder: the processes compare what they loaded first."""
+  real = sample_lib.distributed.gather_objects
+  monkeypatch.setattr(sample_lib.distributed, 'gather_objects', lambda value: (
+    [value, ('checkpoints-meta/checkpoint.pth', 7)] if isinstance(value, tuple) else real(value)))
+  with pytest.raises(RuntimeError, match='loaded different checkpoints'):
+    _run(trained, sample__out='mixed')
+  assert not (trained / 'generated' / 'mixed').exists()
