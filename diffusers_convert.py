@@ -110,9 +110,6 @@ def conversion_problems(config):
       problems.append(f'model.{key} is False, diffusers needs True')
   if m.fir and list(m.fir_kernel) != FIR_KERNEL:
     problems.append(f'model.fir_kernel is {list(m.fir_kernel)}, diffusers needs {FIR_KERNEL}')
-  if config.data.centered:
-    problems.append('data.centered is True: diffusers\' pipeline clamps samples to [0, 1] without '
-                    'mapping them from [-1, 1] first')
   if config.data.num_channels != 3:
     problems.append(f'data.num_channels is {config.data.num_channels}; diffusers\' skip convs are '
                     'fixed to 3 channels')
@@ -434,6 +431,10 @@ def save_pipeline_folder(folder, model, scheduler, config=None, safe_serializati
     raise ValueError('Need our NCSN++ with its ConfigDict (model.config) or config=; a diffusers '
                      'UNet2DModel is saved with its own save_pretrained.')
   weights = to_diffusers_state_dict(state_dict, config)
+  if config.data.centered:  # the UNet is exact (center_input_sample=False); the pipeline is not
+    warnings.warn('This model samples in [-1, 1] (data.centered): diffusers\' ScoreSdeVePipeline '
+                  'clamps its samples to [0, 1] without mapping them, so use its UNet with your '
+                  'own (x + 1) / 2, or scoresde\'s pipeline, which maps them.')
   unet_dir = os.path.join(folder, 'unet')
   os.makedirs(unet_dir, exist_ok=True)
   weights = {k: v.detach().cpu() for k, v in weights.items()}

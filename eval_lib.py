@@ -55,7 +55,7 @@ import sde_lib
 import run_config
 import utils
 from datasets import to_uint8
-from seeds import derive_seed
+from seeds import SCHEME, derive_seed
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -364,7 +364,7 @@ def eval_identity(config):
   an interrupted evaluation resumes on its files only with these unchanged. (num_samples may
   grow: more rounds of the same seeds.)"""
   ev = config.eval
-  found = dict(seed=config.seed, batch_size=ev.batch_size, precision=ev.get('precision', 'fp32'),
+  found = dict(seed_scheme=SCHEME, seed=config.seed, batch_size=ev.batch_size, precision=ev.get('precision', 'fp32'),
                sampler={k: v for k, v in config.sampling.to_dict().items()
                         if k not in ('progress', 'compile', 'compile_mode', 'precision')},
                features=dict(network=ev.get('feature_network', 'auto'),
@@ -389,6 +389,10 @@ def check_eval_folder(eval_dir, config):
                        'its files would be reused as they are. Pass another --eval_folder, or '
                        'delete the folder to evaluate again.')
   else:
+    if any(name.startswith(('ckpt_', 'report')) for name in os.listdir(eval_dir)):
+      logging.warning('%s holds results written before evaluation folders recorded their settings '
+                      '(eval_config.json): they are reused as they are. Pass another '
+                      '--eval_folder to evaluate afresh.', eval_dir)
     utils.write_json_atomic(path, ident, indent=1, sort_keys=True)
 
 

@@ -173,7 +173,7 @@ def log_scalars(writer, step, **scalars):
 
 def eval_loss(eval_step, state, eval_iter, scaler, config, world, step):
   """Loss of the EMA weights on one evaluation batch (mean over ranks), with noise seeded by
-  (config.seed, step)."""
+  (config.seed, seeds.EVAL_LOSS_NOISE, step)."""
   eval_step.generator.manual_seed(derive_seed(config.seed, EVAL_LOSS_NOISE, step))
   batch = scaler(_to_device(next(eval_iter), config))
   return global_mean(eval_step(state, batch), world).item()

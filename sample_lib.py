@@ -42,6 +42,7 @@ import sde_lib
 import utils
 from datasets import to_uint8
 from eval_lib import savez_atomic
+import seeds
 from seeds import derive_seed
 from models import utils as mutils
 from models.ema import ExponentialMovingAverage
@@ -143,7 +144,7 @@ def identity(config, checkpoint, step, task):
           if k not in ('root', 'download', 'num_workers')}
   s = config.sample  # not num, batch_size, seeds, out: they choose images, not what image k is
   sample = dict(task=s.task, ema=s.ema, pc_steps=s.pc_steps, **task.settings())
-  found = dict(checkpoint=dict(path=str(checkpoint), step=step),
+  found = dict(seed_scheme=seeds.SCHEME, checkpoint=dict(path=str(checkpoint), step=step),
                sampler={k: v for k, v in config.sampling.to_dict().items() if k != 'progress'},
                sample=sample, model=config.model.to_dict(), data=data, seed=config.seed,
                sde=dict(name=config.training.sde, continuous=config.training.continuous))

@@ -2,6 +2,10 @@
 name the stream (checkpoint, batch, image, step, ...), so that no two streams share a seed."""
 import numpy as np
 
+# Bumped when derive_seed's values change, so that folders of images or evaluation rounds drawn
+# with another scheme are not extended with this one (sample_lib.identity, eval_lib.eval_identity).
+SCHEME = 2
+
 # Stream names for derive_seed(config.seed, NAME, ...): integers no other caller passes first.
 TRAINING_NOISE = 2 ** 40 + 1  # t / noise levels and z of the training loss
 EVAL_LOSS_NOISE = 2 ** 40 + 2  # the evaluation loss during training, reseeded per evaluation

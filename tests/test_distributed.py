@@ -1,6 +1,6 @@
 """distributed.py: the process-group options each mode joins with, and the collectives'
-single-process behaviour (the multi-process paths run in test_train / test_sample_lib /
-test_eval_lib with gloo)."""
+single-process behaviour (two gloo processes run in test_train, test_sample_lib and
+test_eval_lib)."""
 import contextlib
 import datetime
 

@@ -3,6 +3,7 @@ bits/dim and sample files, resumes without redoing finished work, and without In
 still runs loss and bits/dim before stopping with the file to place."""
 import json
 import os
+import pathlib
 import threading
 import time
 
@@ -259,3 +260,36 @@ def test_every_process_samples_or_none(tmp_path, monkeypatch):
   tools, error = eval_lib.build_tools(config, sde, eps)
   assert isinstance(error, FileNotFoundError) and 'another process' in str(error)
   assert 'sampling_fn' not in tools and 'inception' not in tools and 'likelihood_fn' in tools
+
+
+def _tools_worker(rank, world, port, failing_rank, out):
+  os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank),
+                    WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+  torch.set_num_threads(1)
+  config = tiny_config(pathlib.Path(out))
+  config.eval.feature_network = 'digits'
+  if rank == failing_rank:
+    def unavailable(config):
+      raise FileNotFoundError('no feature network here')
+    eval_lib._sampling_tools = unavailable
+  with eval_lib.distributed.process_group(config):
+    sde, eps = eval_lib.sde_lib.get_sde(config)
+    tools, error = eval_lib.build_tools(config, sde, eps)
+    eval_lib.distributed.barrier()  # a barrier left unpaired above would hang or fail here
+  (pathlib.Path(out) / f'rank{rank}.json').write_text(json.dumps(
+    {'sampling': 'sampling_fn' in tools, 'error': str(error) if error else None}))
+
+
+@pytest.mark.slow
+def test_two_processes_agree_whether_to_sample(tmp_path):
+  """Rank 1 cannot load the feature network: neither rank samples (their barriers would pair
+  wrongly otherwise), and the error names the cause on each."""
+  import socket
+  import torch.multiprocessing as mp
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  mp.spawn(_tools_worker, args=(2, port, 1, str(tmp_path)), nprocs=2, join=True)
+  ranks = [json.loads((tmp_path / f'rank{r}.json').read_text()) for r in range(2)]
+  assert [r['sampling'] for r in ranks] == [False, False]
+  assert 'another process' in ranks[0]['error'] and 'no feature network here' in ranks[1]['error']

@@ -191,11 +191,11 @@ def test_pipeline_equals_pc_sampler():
       np.testing.assert_array_equal(ours, pc.clip(0, 1))
 
 
-def test_pipeline_maps_a_centred_model_back_from_minus_one_one():
+def test_pipeline_maps_a_centred_model_back_from_minus_one_one(tmp_path):
   """A model trained on data in [-1, 1] (config.data.centered, as the quick-start digits): the
   pipeline applies the samplers' inverse scaler before clamping, so it still equals the PC
   sampler (it clamped the raw [-1, 1] samples before: half the pixels black). diffusers' own
-  pipeline cannot, so such a config is not exported."""
+  pipeline cannot: exporting such a model warns."""
   import ml_collections
   model = GaussianScore(-0.4)
   model.config = ml_collections.ConfigDict({'data': {'centered': True}})
@@ -209,9 +209,12 @@ def test_pipeline_maps_a_centred_model_back_from_minus_one_one():
   pc, _ = sampler(model, generator=torch.Generator().manual_seed(0))
   np.testing.assert_array_equal(ours, pc.permute(0, 2, 3, 1).numpy().clip(0, 1))
   assert 0.2 < ours.mean() < 0.4  # (-0.4 + 1) / 2 = 0.3
-  config = tiny_ncsnpp().config
-  config.data.centered = True
-  assert any('data.centered' in p for p in diffusers_convert.conversion_problems(config))
+  centred = tiny_ncsnpp()
+  centred.config.data.centered = True
+  with pytest.warns(UserWarning, match=r'samples in \[-1, 1\].*\(x \+ 1\) / 2'):
+    diffusers_convert.save_pipeline_folder(tmp_path, centred, _scheduler())
+  back, _ = diffusers_convert.load_pipeline_folder(tmp_path)  # and back: center_input_sample=False
+  assert back.config.data.centered
 
 
 def test_pipeline_outputs_and_progress_bar(capsys):
