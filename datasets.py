@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 import distributed
 from registry import Registry
-from seeds import derive_seed
+from seeds import DATA_AUGMENTATION, DATA_LOADER, derive_seed
 
 DATASETS = Registry('dataset')
 _IMAGE_SUFFIXES = {'.png', '.jpg', '.jpeg', '.webp', '.bmp'}
@@ -113,6 +113,15 @@ def _resize_uint8(images, size, mode='bilinear'):
   return (x.clamp(0, 1) * 255.).round().to(torch.uint8)
 
 
+class _CenterSquare:
+  """Centre-crop a PIL image to its largest square (a class, not a lambda: loader workers
+  started by spawn / forkserver unpickle the transform)."""
+
+  def __call__(self, image):
+    from torchvision.transforms import functional
+    return functional.center_crop(image, min(image.size))
+
+
 def pil_transform(size, crop=None, resize_then_crop=False, interpolation='bilinear'):
   """PIL image -> uint8 (3, size, size): centre crop (`crop` px, or the largest square when
   crop='square'), then an antialiased resize; or with `resize_then_crop` resize the short side to
@@ -124,7 +133,7 @@ def pil_transform(size, crop=None, resize_then_crop=False, interpolation='biline
     steps += [transforms.Resize(size, interpolation=interp, antialias=True), transforms.CenterCrop(size)]
   else:
     if crop == 'square':
-      steps.append(transforms.Lambda(lambda im: transforms.functional.center_crop(im, min(im.size))))
+      steps.append(_CenterSquare())
     elif crop is not None:
       steps.append(transforms.CenterCrop(crop))
     steps.append(transforms.Resize((size, size), interpolation=interp, antialias=True))
@@ -209,10 +218,14 @@ def _lsun(config, train, root, download):
 
 
 def _image_folder(name, config, root):
-  if config.data.get('root', None) is None or not root.is_dir():
-    raise _not_found(name, root, f'{name} is read from a folder of images: put the images '
-                     f'(e.g. PNGs at {config.data.image_size}x{config.data.image_size}) under a '
-                     'folder and pass --config.data.root=/path/to/folder.')
+  how = (f'{name} is read from a folder of images: put the images (e.g. PNGs at '
+         f'{config.data.image_size}x{config.data.image_size}) under a folder and pass '
+         '--config.data.root=/path/to/folder.')
+  if config.data.get('root', None) is None:  # every image under ./data would be read
+    raise DatasetNotFoundError(f'{how} Image folders need it given: they do not fall back to '
+                               '$SCORESDE_DATA or ./data, which hold other datasets.')
+  if not root.is_dir():
+    raise _not_found(name, root, how)
   ds = ImageFolderFlat(root, pil_transform(config.data.image_size, crop='square'))
   if len(ds) == 0:
     raise _not_found(name, root, f'The folder holds no images ({", ".join(sorted(_IMAGE_SUFFIXES))}).')
@@ -279,13 +292,12 @@ class ImageBatches:
     if isinstance(self.dataset, InMemoryImages) and self.num_workers == 0:
       fetched = (self.dataset[torch.tensor(idx)] for idx in batches)  # one gather per batch
     else:
-      # A generator of its own (seeded at position 2^62 + rank, which no image has): without
-      # one, every DataLoader iterator draws its workers' base seed from the global RNG that
+      # A generator of its own: without one, every DataLoader iterator draws its workers' base seed from the global RNG that
       # dropout uses, so the training noise would depend on num_workers and a run resumed
       # mid-epoch would not repeat the uninterrupted one.
       fetched = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
                            generator=torch.Generator().manual_seed(
-                               derive_seed(self.seed, epoch, 2 ** 62 + self.rank)))
+                               derive_seed(self.seed, DATA_LOADER, epoch, self.rank)))
     for i, (images, labels) in enumerate(fetched, start=offset):
       images = self._augment(images, epoch, i)
       if self.pin_memory:
@@ -300,7 +312,7 @@ class ImageBatches:
     for j, image in enumerate(x):
       # DistributedSampler interleaves ranks: local row j is global row rank + world_size * j.
       position = batch_index * self.batch_size + self.rank + self.world_size * j
-      g = torch.Generator().manual_seed(derive_seed(self.seed, epoch, position))
+      g = torch.Generator().manual_seed(derive_seed(self.seed, DATA_AUGMENTATION, epoch, position))
       if self.random_flip and torch.rand((), generator=g) < 0.5:
         image = image.flip(-1)
       if self.uniform_dequantization:

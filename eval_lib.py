@@ -55,7 +55,7 @@ import sde_lib
 import run_config
 import utils
 from datasets import to_uint8
-from seeds import SCHEME, derive_seed
+from seeds import BITS_PER_DIM, EVAL_MODE_LOSS, SAMPLING_ROUND, SCHEME, derive_seed
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -127,7 +127,7 @@ def eval_loss(config, state, sde, eval_ds, scaler, out_path):
     return float(np.load(out_path)['mean_loss'])
   logging.info('Loss of the EMA weights on %d test batches of %d images', len(eval_ds),
                config.eval.batch_size)
-  generator = torch.Generator(device=config.device).manual_seed(derive_seed(config.seed, 0))
+  generator = torch.Generator(device=config.device).manual_seed(derive_seed(config.seed, EVAL_MODE_LOSS))
   step = losses.get_step_fn(sde, train=False, reduce_mean=config.training.reduce_mean,
                             continuous=config.training.continuous,
                             likelihood_weighting=config.training.likelihood_weighting,
@@ -162,7 +162,8 @@ def eval_bpd(config, model, likelihood_fn, ds_bpd, num_repeats, scaler, eval_dir
     for k, batch in enumerate(stream):
       if k not in todo:
         continue
-      generator = torch.Generator(device=config.device).manual_seed(derive_seed(config.seed, ckpt, k))
+      generator = torch.Generator(device=config.device).manual_seed(
+        derive_seed(config.seed, BITS_PER_DIM, ckpt, k))
       start = time.perf_counter()
       bpd, _, nfe = likelihood_fn(model, scaler(batch.to(config.device)), generator=generator)
       bpd = bpd.detach().cpu().numpy().reshape(-1)
@@ -196,7 +197,8 @@ def sample_round(config, model, sampling_fn, inception, sample_dir, ckpt, r):
     samples = np.load(samples_path)['samples']
   else:
     start = time.perf_counter()
-    generator = torch.Generator(device=config.device).manual_seed(derive_seed(config.seed, ckpt, r, 1))
+    generator = torch.Generator(device=config.device).manual_seed(
+      derive_seed(config.seed, SAMPLING_ROUND, ckpt, r))
     with torch.no_grad():
       x, nfe = sampling_fn(model, generator=generator)
     samples = to_uint8(x)

@@ -42,8 +42,7 @@ import sde_lib
 import utils
 from datasets import to_uint8
 from eval_lib import savez_atomic
-import seeds
-from seeds import derive_seed
+from seeds import IMAGE, SCHEME, derive_seed
 from models import utils as mutils
 from models.ema import ExponentialMovingAverage
 from sample_tasks import TASKS, latest_checkpoint
@@ -68,8 +67,8 @@ def parse_seeds(seeds, num):
 
 
 def image_generators(seed, seeds, device):
-  """One torch.Generator per image, image k's seeded by (seed, k) (eval_lib's seed hash)."""
-  return [torch.Generator(device=device).manual_seed(derive_seed(seed, k)) for k in seeds]
+  """One torch.Generator per image, image k's seeded by (seed, k) (seeds.IMAGE's stream)."""
+  return [torch.Generator(device=device).manual_seed(derive_seed(seed, IMAGE, k)) for k in seeds]
 
 
 def _stored_step(path):
@@ -144,7 +143,7 @@ def identity(config, checkpoint, step, task):
           if k not in ('root', 'download', 'num_workers')}
   s = config.sample  # not num, batch_size, seeds, out: they choose images, not what image k is
   sample = dict(task=s.task, ema=s.ema, pc_steps=s.pc_steps, **task.settings())
-  found = dict(seed_scheme=seeds.SCHEME, checkpoint=dict(path=str(checkpoint), step=step),
+  found = dict(seed_scheme=SCHEME, checkpoint=dict(path=str(checkpoint), step=step),
                sampler={k: v for k, v in config.sampling.to_dict().items() if k != 'progress'},
                sample=sample, model=config.model.to_dict(), data=data, seed=config.seed,
                sde=dict(name=config.training.sde, continuous=config.training.continuous))

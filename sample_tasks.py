@@ -20,7 +20,7 @@ import datasets
 import precision
 import sampling
 from datasets import to_uint8
-from seeds import derive_seed
+from seeds import INPUT_MASK, derive_seed
 
 MASKS = ('center', 'right', 'random')
 
@@ -181,7 +181,7 @@ class Inpaint(_InverseProblem):
   def _masks(self, seeds):
     shape = _shape(self.config, 1)
     return torch.cat([make_mask(self.config.sample.mask, shape,
-                                torch.Generator().manual_seed(derive_seed(self.config.seed, k, 1)))
+                                torch.Generator().manual_seed(derive_seed(self.config.seed, INPUT_MASK, k)))
                       for k in seeds])
 
   def settings(self):

@@ -4,11 +4,19 @@ import numpy as np
 
 # Bumped when derive_seed's values change, so that folders of images or evaluation rounds drawn
 # with another scheme are not extended with this one (sample_lib.identity, eval_lib.eval_identity).
-SCHEME = 2
+SCHEME = 2  # 2: length-prefixed words and named streams (2026-12-01)
 
-# Stream names for derive_seed(config.seed, NAME, ...): integers no other caller passes first.
+# Stream names: every caller passes derive_seed(config.seed, NAME, ...), so no two streams
+# share a seed.
 TRAINING_NOISE = 2 ** 40 + 1  # t / noise levels and z of the training loss
 EVAL_LOSS_NOISE = 2 ** 40 + 2  # the evaluation loss during training, reseeded per evaluation
+DATA_AUGMENTATION = 2 ** 40 + 3  # (epoch, position): flips and dequantization noise of an image
+DATA_LOADER = 2 ** 40 + 4  # (epoch, rank): a DataLoader's own generator
+EVAL_MODE_LOSS = 2 ** 40 + 5  # --mode eval: the loss over the test split
+BITS_PER_DIM = 2 ** 40 + 6  # (checkpoint, batch): the likelihood's Hutchinson probes
+SAMPLING_ROUND = 2 ** 40 + 7  # (checkpoint, round): an evaluation round's samples
+IMAGE = 2 ** 40 + 8  # (k,): image k of --mode sample
+INPUT_MASK = 2 ** 40 + 9  # (k,): the random mask of input image k (sample_tasks)
 
 
 def derive_seed(*parts):

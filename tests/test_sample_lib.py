@@ -98,10 +98,11 @@ def test_seeds_parse():
 
 
 def test_image_generators_hash_the_config_seed_and_the_image():
-  from eval_lib import derive_seed
+  from seeds import IMAGE, derive_seed
   gens = sample_lib.image_generators(42, [0, 5], 'cpu')
-  assert gens[1].initial_seed() == derive_seed(42, 5) != gens[0].initial_seed() == derive_seed(42, 0)
-  assert sample_lib.image_generators(43, [5], 'cpu')[0].initial_seed() != derive_seed(42, 5)
+  assert gens[1].initial_seed() == derive_seed(42, IMAGE, 5)
+  assert gens[0].initial_seed() == derive_seed(42, IMAGE, 0) != gens[1].initial_seed()
+  assert sample_lib.image_generators(43, [5], 'cpu')[0].initial_seed() != derive_seed(42, IMAGE, 5)
 
 
 def test_checkpoint_resolution(trained, tmp_path):
@@ -357,7 +358,7 @@ def test_inpainting_a_folder_with_random_masks_per_image(trained, tmp_path):
   assert gray.shape == (2, 1, 8, 8)  # RGB files read as the config's one channel
   assert torch.equal(gray[0], gray[1])  # image 3 uses input 0 (3 mod 3)
   known = sample_tasks.make_mask('random', (1, 1, 8, 8), torch.Generator().manual_seed(
-    sample_tasks.derive_seed(42, 3, 1)))[0, 0].bool().numpy()
+    sample_tasks.derive_seed(42, sample_tasks.INPUT_MASK, 3)))[0, 0].bool().numpy()
   assert 0.2 < known.mean() < 0.8
   assert np.array_equal(a[3, ..., 0][known], sample_lib.to_uint8(gray)[1, ..., 0][known])
 

@@ -3,6 +3,7 @@ import itertools
 
 import pytest
 
+import seeds
 from seeds import EVAL_LOSS_NOISE, TRAINING_NOISE, derive_seed
 
 
@@ -25,3 +26,8 @@ def test_parts_must_be_64_bit_non_negative():
     derive_seed(1, -1)
   with pytest.raises(ValueError, match=r'\[0, 2\^64\)'):
     derive_seed(2 ** 64)
+
+
+def test_stream_names_are_distinct():
+  names = [getattr(seeds, n) for n in dir(seeds) if n.isupper() and n != 'SCHEME']
+  assert len(names) == len(set(names)) >= 9 and all(v >= 2 ** 40 for v in names)
