@@ -29,6 +29,11 @@ def method_names():
   return list(SCIPY_METHODS) + ADAPTIVE_SOLVERS.names() + FIXED_STEP_SOLVERS.names()
 
 
+def is_fixed_step(method):
+  """Whether `method` takes a fixed number of steps (no error control)."""
+  return method in FIXED_STEP_SOLVERS.names()
+
+
 def check_method(method):
   """Raise a ValueError listing the known methods if `method` is not one of them."""
   if method not in method_names():
@@ -189,9 +194,11 @@ def _dopri5(fn, y0, t0, t1, rtol, atol, max_steps):
   h_abs = _initial_step(fn, t0, y0, f, direction, rtol, atol, span)
   nfe += 1
   y_abs = y.abs()
-  for _ in range(max_steps):
+  for _ in range(max_steps + 1):  # the check after the last allowed step
     if direction * (t1 - t) <= 0:
       return y, nfe
+    if _ == max_steps:
+      break
     rejected = False
     while True:
       h_abs = min(h_abs, abs(t1 - t))

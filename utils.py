@@ -169,16 +169,20 @@ def _load_optimizer_state(optimizer, state_dict):
   would take the file's; it is config.optim.adam_impl's to decide), with each 'step' count where
   that implementation reads it without a host synchronisation: on the parameter's device for
   fused or capturable Adam, else on the CPU (a count loaded onto a GPU costs one .item() per
-  parameter and step)."""
+  parameter and step). Moment estimates take their parameter's memory layout: files hold them
+  contiguous, and fused Adam walks a channels_last weight and its moments in memory order."""
   own = [{k: g[k] for k in ('foreach', 'fused') if k in g} for g in optimizer.param_groups]
   optimizer.load_state_dict(state_dict)
   for group, flags in zip(optimizer.param_groups, own):
     group.update(flags)
     on_device = bool(group.get('fused')) or bool(group.get('capturable'))
     for p in group['params']:
-      step = optimizer.state.get(p, {}).get('step')
-      if torch.is_tensor(step):
-        optimizer.state[p]['step'] = step.to(p.device if on_device else 'cpu')
+      state = optimizer.state.get(p, {})
+      for key, value in state.items():
+        if key == 'step' and torch.is_tensor(value):
+          state[key] = value.to(p.device if on_device else 'cpu')
+        elif torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+          state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 def restore_checkpoint(ckpt_path, state, device, trusted=False):

@@ -142,6 +142,23 @@ def test_controllable_generation_takes_an_autocast_model():
   assert torch.equal(out[..., :2], data[..., :2])
 
 
+def test_adaptive_ode_sampling_in_bf16_warns_about_tight_tolerances(caplog):
+  """Its 1e-5 default is below bf16's rounding (likelihood refuses it; sampling warns)."""
+  config = load_config('ve/digits_ncsnpp_continuous')
+  config.sampling.method = 'ode'
+  sde = sde_lib.VESDE()
+  for ode_method, rtol, precision, warned in (('RK45', 1e-5, 'bf16', True),
+                                              ('dopri5', 1e-5, 'fp16', True),
+                                              ('RK45', 1e-3, 'bf16', False),
+                                              ('heun', 1e-5, 'bf16', False),
+                                              ('RK45', 1e-5, 'fp32', False)):
+    caplog.clear()
+    config.sampling.ode_method, config.sampling.ode_rtol = ode_method, rtol
+    config.sampling.ode_atol = rtol
+    sampling.get_sampling_fn(config, sde, (2, 1, 16, 16), lambda x: x, 1e-5, precision=precision)
+    assert ('spends evaluations on its rounding' in caplog.text) == warned, (ode_method, precision)
+
+
 def test_unknown_precision_and_likelihood_in_bf16_are_refused():
   with pytest.raises(ValueError, match=r"Unknown precision 'fp8' in config.training.precision. "
                                        r'Known: fp32, bf16, fp16'):

@@ -190,6 +190,20 @@ def test_dopri5_takes_the_steps_of_scipy_rk45():
   assert torch.allclose(out['RK45'][0], out['dopri5'][0], atol=1e-5)
 
 
+def test_dopri5_max_steps_is_the_number_of_steps_allowed():
+  """A solve of exactly max_steps accepted steps returns; one step fewer raises."""
+  import ode_solvers
+  fn = lambda t, y: -y  # smooth: no rejected step, so steps = (NFE - 2) / 6
+  y0 = torch.ones(4)
+  y, nfe = ode_solvers.solve(fn, y0, 0., 1., 'dopri5', rtol=1e-6, atol=1e-6)
+  steps = (nfe - 2) // 6
+  assert 2 <= steps and nfe == 2 + 6 * steps
+  assert torch.equal(ode_solvers.solve(fn, y0, 0., 1., 'dopri5', rtol=1e-6, atol=1e-6,
+                                       max_steps=steps)[0], y)
+  with pytest.raises(RuntimeError, match=f'more than max_steps={steps - 1} steps'):
+    ode_solvers.solve(fn, y0, 0., 1., 'dopri5', rtol=1e-6, atol=1e-6, max_steps=steps - 1)
+
+
 class _OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
   """Counts the ATen ops run under it."""
 
