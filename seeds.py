@@ -4,10 +4,10 @@ import numpy as np
 
 # Bumped when derive_seed's values change, so that folders of images or evaluation rounds drawn
 # with another scheme are not extended with this one (sample_lib.identity, eval_lib.eval_identity).
-SCHEME = 2  # 2: length-prefixed words and named streams (2026-12-01)
+SCHEME = 3  # 1 (unrecorded): plain SeedSequence; 2: length-prefixed words; 3: named streams
 
-# Stream names: every caller passes derive_seed(config.seed, NAME, ...), so no two streams
-# share a seed.
+# Stream names: every caller passes derive_seed(seed, NAME, ...), so no two streams share a seed
+# (seed is config.seed; the evaluation split's batches use config.seed + 1).
 TRAINING_NOISE = 2 ** 40 + 1  # t / noise levels and z of the training loss
 EVAL_LOSS_NOISE = 2 ** 40 + 2  # the evaluation loss during training, reseeded per evaluation
 DATA_AUGMENTATION = 2 ** 40 + 3  # (epoch, position): flips and dequantization noise of an image

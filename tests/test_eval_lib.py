@@ -234,6 +234,12 @@ def test_a_folder_of_other_settings_is_refused_and_short_rounds_are_caught(tmp_p
   with pytest.raises(ValueError, match=r'batch_size: 20 there, 10 now.*--eval_folder'):
     eval_lib.evaluate(config, str(workdir))
   eval_lib.evaluate(config, str(workdir), eval_folder='eval_b10')  # another folder is fine
+  from seeds import SCHEME
+  saved = json.loads((workdir / 'eval_b10' / 'eval_config.json').read_text())
+  assert saved['seed_scheme'] == SCHEME
+  (workdir / 'eval_b10' / 'eval_config.json').write_text(json.dumps(dict(saved, seed_scheme=1)))
+  with pytest.raises(ValueError, match=f'seed_scheme: 1 there, {SCHEME} now'):
+    eval_lib.evaluate(config, str(workdir), eval_folder='eval_b10')
   sample_dir = tmp_path / 'rounds'
   sample_dir.mkdir()
   for r in range(3):  # 3 rounds of 10 when 60 samples at batch 10 need 6 rounds of 10

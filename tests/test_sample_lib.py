@@ -480,11 +480,13 @@ def test_processes_that_loaded_different_checkpoints_stop(trained, monkeypatch):
 
 
 def test_a_folder_of_an_older_seed_scheme_is_not_extended(trained):
-  """Image k's seed changed with seeds.SCHEME 2: a folder drawn before is refused rather than
-  completed with images of the new seeds."""
+  """Image k's seed changes with seeds.SCHEME: a folder drawn with another scheme (or before
+  folders recorded one) is refused rather than completed with images of the new seeds."""
+  from seeds import SCHEME
   folder = _run(trained, sample__out='old_scheme', sample__num=2)
   meta = json.loads((folder / 'meta.json').read_text())
-  del meta['seed_scheme']
-  (folder / 'meta.json').write_text(json.dumps(meta))
-  with pytest.raises(ValueError, match='seed_scheme: None there, 2 now'):
-    _run(trained, sample__out='old_scheme', sample__num=4)
+  for old in (SCHEME - 1, None):
+    meta['seed_scheme'] = old
+    (folder / 'meta.json').write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=f'seed_scheme: {old} there, {SCHEME} now'):
+      _run(trained, sample__out='old_scheme', sample__num=4)
