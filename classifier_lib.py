@@ -80,7 +80,9 @@ def classifier_loss(classifier, sde, images, labels, eps, generator=None):
 
 @torch.no_grad()
 def accuracy(classifier, sde, batches, scaler, t, eps, device, generator=None):
-  """Fraction of `batches` ((images in [0, 1], labels) pairs) classified right at time t.
+  """Fraction of `batches` ((images in [0, 1], labels) pairs) classified right at time t. The
+  batches are whole (datasets.ImageBatches drops the remainder, as evaluation does): CIFAR-10's
+  test split in batches of 1,024 scores 9,216 of its 10,000 images.
 
   t = 0 (or anything <= eps) feeds the clean images with the smallest noise level std(eps).
   """
@@ -206,8 +208,15 @@ def train_classifier(config, workdir):
 
   logging.info('Training the classifier from step %d to %d.', initial_step, cc.n_iters)
   result = history[-1] if history else None
+  num_classes = config.data.get('num_classes', 10)
   for step in range(initial_step, cc.n_iters + 1):
     images, labels = next(train_iter)
+    if labels.min() < 0 or labels.max() >= num_classes:  # on the CPU: no device sync
+      raise ValueError(f'{config.data.dataset} gives labels {labels.min().item()}..'
+                       f'{labels.max().item()}, not classes 0..{num_classes - 1}: a classifier '
+                       'for conditional generation needs a labelled dataset (CIFAR10, SVHN, '
+                       'DIGITS; image folders and CelebA have no class labels here), with '
+                       'config.data.num_classes set to its class count.')
     images, labels = scaler(images.to(device)), labels.to(device)
     classifier.train()
     optimizer.zero_grad(set_to_none=True)

@@ -145,6 +145,23 @@ def test_train_classifier_resumes_where_it_stopped(tmp_path):
     torch.testing.assert_close(a['model'][k], b['model'][k], rtol=0, atol=0, msg=k)
 
 
+def test_unlabelled_dataset_is_refused_with_the_reason(tmp_path, monkeypatch):
+  """Image folders and CelebA read as label -1: cross-entropy would fail with 'Target -1 is out
+  of bounds' (a device-side assert on CUDA)."""
+  import datasets
+  config = _digits_config()
+  get = datasets.DATASETS.get
+
+  def unlabelled(config, train, root, download):
+    full = get('DIGITS')(config, train, root, download)
+    return datasets.InMemoryImages(full.images, torch.full_like(full.labels, -1))
+
+  monkeypatch.setattr(datasets.DATASETS, 'get',
+                      lambda name: unlabelled if name == 'DIGITS' else get(name))
+  with pytest.raises(ValueError, match=r'labels -1..-1, not classes 0..9: .*labelled dataset'):
+    classifier_lib.train_classifier(config, str(tmp_path))
+
+
 def test_create_classifier_reads_the_config():
   config = _digits_config()
   net = classifier_lib.create_classifier(config)
