@@ -75,7 +75,22 @@ def get_default_configs():
   sampling.probability_flow = False            # predictor follows the probability-flow ODE
   sampling.snr = 0.16                          # signal-to-noise ratio of the Langevin corrector
   sampling.num_steps = 18                      # steps of the fast samplers 'heun' / 'dpm_solver'
+                                               # (heun: noise levels, 2 num_steps - 1 NFE;
+                                               # dpm_solver: NFE)
   sampling.order = 3                           # order of 'dpm_solver' (1, 2 or 3)
+  sampling.dpm_method = 'singlestep'           # 'singlestep' | 'multistep' (DPM-Solver)
+  sampling.dpm_algorithm = 'dpmsolver++'       # 'dpmsolver++' (data prediction) | 'dpmsolver'
+  sampling.dpm_schedule = 'logsnr'             # DPM-Solver's steps: 'logsnr' | 'time_uniform' |
+                                               # 'time_quadratic'
+  sampling.heun_schedule = 'edm'               # Heun's noise levels: 'edm' (rho) | 'logsnr' | ...
+  sampling.heun_rho = 7.                       # EDM's rho
+  sampling.churn = 0.                          # EDM's S_churn (0: deterministic Heun)
+  sampling.ode_method = 'RK45'                 # 'ode' sampler: scipy's RK45 (the paper's),
+                                               # on-device 'dopri5', or fixed-step 'euler',
+                                               # 'midpoint', 'heun', 'rk4'
+  sampling.ode_rtol = 1e-5                     # tolerances of the adaptive ODE methods
+  sampling.ode_atol = 1e-5
+  sampling.ode_num_steps = 100                 # steps of the fixed-step ODE methods
   sampling.progress = True                     # show a tqdm bar (with ETA) while sampling
   sampling.precision = 'fp32'                  # the network's precision while sampling (as
                                                # training.precision); sampler state stays fp32

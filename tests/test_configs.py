@@ -26,6 +26,10 @@ PROJECT_CONFIGS = {'ve/digits_ncsnpp_continuous', 'vp/digits_ddpmpp_continuous'}
 # Keys this project adds to the defaults, with their default values.
 NEW_KEYS = {'data.root': None, 'data.download': False, 'sampling.num_steps': 18,
             'sampling.order': 3, 'sampling.progress': True,
+            'sampling.dpm_method': 'singlestep', 'sampling.dpm_algorithm': 'dpmsolver++',
+            'sampling.dpm_schedule': 'logsnr', 'sampling.heun_schedule': 'edm',
+            'sampling.heun_rho': 7., 'sampling.churn': 0., 'sampling.ode_method': 'RK45',
+            'sampling.ode_rtol': 1e-5, 'sampling.ode_atol': 1e-5, 'sampling.ode_num_steps': 100,
             # the noise-conditional classifier (classifier_lib.CLASSIFIER_DEFAULTS)
             'classifier.blocks_per_group': 4, 'classifier.channel_multiplier': 10,
             'classifier.embedding_size': 128, 'classifier.fourier_scale': 16.,
