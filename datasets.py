@@ -292,9 +292,9 @@ class ImageBatches:
     if isinstance(self.dataset, InMemoryImages) and self.num_workers == 0:
       fetched = (self.dataset[torch.tensor(idx)] for idx in batches)  # one gather per batch
     else:
-      # A generator of its own: without one, every DataLoader iterator draws its workers' base seed from the global RNG that
-      # dropout uses, so the training noise would depend on num_workers and a run resumed
-      # mid-epoch would not repeat the uninterrupted one.
+      # A generator of its own: without one, every DataLoader iterator draws its workers' base
+      # seed from the global RNG that dropout uses, so the training noise would depend on
+      # num_workers and a run resumed mid-epoch would not repeat the uninterrupted one.
       fetched = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
                            generator=torch.Generator().manual_seed(
                                derive_seed(self.seed, DATA_LOADER, epoch, self.rank)))

@@ -440,9 +440,9 @@ def save_pipeline_folder(folder, model, scheduler, config=None, safe_serializati
   weights = {k: v.detach().cpu() for k, v in weights.items()}
   # Each file is written whole and renamed into place: a crash leaves the previous export.
   if safe_serialization:
-    path = os.path.join(unet_dir, UNET_WEIGHTS[0])
-    _safetensors().save_file(weights, path + '.tmp', metadata={'format': 'pt'})
-    os.replace(path + '.tmp', path)
+    def write(tmp):
+      _safetensors().save_file(weights, tmp, metadata={'format': 'pt'})
+    utils.write_atomic(os.path.join(unet_dir, UNET_WEIGHTS[0]), write)
   else:
     utils.torch_save_atomic(weights, os.path.join(unet_dir, UNET_WEIGHTS[1]))
   # Weights of the other format left by an earlier export would be read instead of (safetensors)

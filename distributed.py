@@ -77,7 +77,6 @@ def global_mean(value, world):
   return value
 
 
-
 def rank_world():
   """(rank, world_size) of this process: (0, 1) outside a process group."""
   if dist.is_available() and dist.is_initialized():

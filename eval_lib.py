@@ -41,7 +41,6 @@ import time
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from tqdm.auto import tqdm
 
 import datasets
@@ -49,10 +48,10 @@ import distributed
 import evaluation
 import likelihood
 import losses
+import run_config
 import run_lib
 import sampling
 import sde_lib
-import run_config
 import utils
 from datasets import to_uint8
 from seeds import BITS_PER_DIM, EVAL_MODE_LOSS, SAMPLING_ROUND, SCHEME, derive_seed
@@ -61,12 +60,9 @@ from seeds import BITS_PER_DIM, EVAL_MODE_LOSS, SAMPLING_ROUND, SCHEME, derive_s
 # ----------------------------------------------------------------------------- small helpers
 
 def savez_atomic(path, *args, **arrays):
-  """np.savez_compressed, atomically: a file that exists is complete."""
-  tmp = f'{path}.tmp.npz'
-  np.savez_compressed(tmp, *args, **arrays)
-  os.replace(tmp, path)
-
-
+  """np.savez_compressed, atomically (`utils.write_atomic`): a file that exists is complete."""
+  utils.write_atomic(path, lambda tmp: np.savez_compressed(tmp, *args, **arrays),
+                     suffix='.tmp.npz')
 
 
 def checkpoint_path(workdir, ckpt):
@@ -127,7 +123,8 @@ def eval_loss(config, state, sde, eval_ds, scaler, out_path):
     return float(np.load(out_path)['mean_loss'])
   logging.info('Loss of the EMA weights on %d test batches of %d images', len(eval_ds),
                config.eval.batch_size)
-  generator = torch.Generator(device=config.device).manual_seed(derive_seed(config.seed, EVAL_MODE_LOSS))
+  generator = torch.Generator(device=config.device).manual_seed(
+    derive_seed(config.seed, EVAL_MODE_LOSS))
   step = losses.get_step_fn(sde, train=False, reduce_mean=config.training.reduce_mean,
                             continuous=config.training.continuous,
                             likelihood_weighting=config.training.likelihood_weighting,
@@ -366,7 +363,8 @@ def eval_identity(config):
   an interrupted evaluation resumes on its files only with these unchanged. (num_samples may
   grow: more rounds of the same seeds.)"""
   ev = config.eval
-  found = dict(seed_scheme=SCHEME, seed=config.seed, batch_size=ev.batch_size, precision=ev.get('precision', 'fp32'),
+  found = dict(seed_scheme=SCHEME, seed=config.seed, batch_size=ev.batch_size,
+               precision=ev.get('precision', 'fp32'),
                sampler={k: v for k, v in config.sampling.to_dict().items()
                         if k not in ('progress', 'compile', 'compile_mode', 'precision')},
                features=dict(network=ev.get('feature_network', 'auto'),

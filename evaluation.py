@@ -24,6 +24,8 @@ import warnings
 import numpy as np
 import torch
 
+import utils
+
 INCEPTION_FILE = 'inception-2015-12-05.pt'
 INCEPTION_URL = ('https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/'
                  + INCEPTION_FILE)
@@ -313,9 +315,9 @@ def save_stats(path, pool_3, mode):
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   mu, sigma = feature_statistics(pool_3)
-  tmp = path.with_name(path.name + '.tmp.npz')
-  np.savez(tmp, pool_3=np.asarray(pool_3, dtype=np.float32), mu=mu, sigma=sigma, mode=mode)
-  os.replace(tmp, path)
+  utils.write_atomic(path, lambda tmp: np.savez(
+    tmp, pool_3=np.asarray(pool_3, dtype=np.float32), mu=mu, sigma=sigma, mode=mode),
+    suffix='.tmp.npz')
 
 
 def load_stats(path, mode=None):

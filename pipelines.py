@@ -19,7 +19,6 @@ import math
 import os
 import warnings
 
-import numpy as np
 import torch
 
 import hub

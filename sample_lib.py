@@ -196,9 +196,8 @@ def _png_path(folder, seed):
 def write_png(path, image):
   """Write a uint8 (H, W, C) image atomically (a file that exists is complete)."""
   from PIL import Image
-  tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-  Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(tmp, format='PNG')
-  os.replace(tmp, path)
+  picture = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+  utils.write_atomic(path, lambda tmp: picture.save(tmp, format='PNG'))
 
 
 def read_png(path, channels):

@@ -78,13 +78,28 @@ def torch_save_atomic(obj, path, mode=None):
     raise
 
 
+def write_atomic(path, write, suffix='.tmp'):
+  """Call `write(tmp)` for a temporary path beside `path`, then rename it onto `path`: a file
+  that exists is complete, and a failed write leaves the previous one (the temporary file is
+  removed). `suffix` ends the temporary name, for writers that append their own extension
+  (np.savez: '.npz'). For checkpoints, which are also synced to disk, see `torch_save_atomic`."""
+  path = pathlib.Path(path)
+  tmp = path.with_name(f'.{path.name}.{os.getpid()}{suffix}')  # one per process
+  try:
+    write(str(tmp))
+    os.replace(tmp, path)
+  except BaseException:
+    tmp.unlink(missing_ok=True)
+    raise
+
+
 def write_json_atomic(path, value, **dump_options):
-  """json.dump `value` to `path` through a temporary file and a rename: a file that exists is
-  complete. `dump_options` go to json.dump (indent, sort_keys)."""
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(value, f, **dump_options)
-  os.replace(tmp, path)
+  """json.dump `value` to `path` atomically (`write_atomic`). `dump_options` go to json.dump
+  (indent, sort_keys)."""
+  def write(tmp):
+    with open(tmp, 'w') as f:
+      json.dump(value, f, **dump_options)
+  write_atomic(path, write)
 
 
 def save_checkpoint(path, state):

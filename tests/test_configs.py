@@ -14,6 +14,7 @@ import torch
 from absl import flags
 from ml_collections import config_flags
 
+import run_config
 import sde_lib
 from configs import list_configs, load_config
 from conftest import FIXTURES, ROOT
@@ -62,15 +63,10 @@ def _json(name):
   return json.loads((STATE_DICTS / (name.replace('/', '__') + '.json')).read_text())
 
 
-def _flatten(tree, prefix=''):
-  """{'model': {'nf': 128}} -> {'model.nf': 128}; tuples become lists as in `to_dict` fixtures."""
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flatten(value, f'{prefix}{key}.'))
-    else:
-      out[prefix + key] = list(value) if isinstance(value, tuple) else value
-  return out
+def _flatten(tree):
+  """{'model': {'nf': 128}} -> {'model.nf': 128}, with tuples as lists (as config.json holds
+  them; `run_config`'s own conversion)."""
+  return run_config.flatten_config(run_config.jsonable(tree))
 
 
 # --- Which configs exist, and how they load ---------------------------------------------------

@@ -202,3 +202,19 @@ def test_official_checkpoint_restores_and_scores_match():
     assert_close_scaled(score_fn(expected['x'], expected['t']), expected['score_raw'], name='raw')
     state['ema'].copy_to(state['model'].parameters())
     assert_close_scaled(score_fn(expected['x'], expected['t']), expected['score_ema'], name='ema')
+
+
+def test_write_atomic_keeps_the_previous_file_when_the_writer_fails(tmp_path):
+  """The one rename-into-place writer behind the JSON, npz, PNG and safetensors files."""
+  path = tmp_path / 'report.json'
+  utils.write_json_atomic(path, {'fid': 3.0})
+
+  def half_written(tmp):
+    with open(tmp, 'w') as f:
+      f.write('{"fid": ')
+    raise OSError('disk full')
+
+  with pytest.raises(OSError, match='disk full'):
+    utils.write_atomic(path, half_written)
+  assert json.loads(path.read_text()) == {'fid': 3.0}
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['report.json']  # no temporary left
