@@ -45,42 +45,50 @@ def _corrector_class(corrector):
   return sampling.get_corrector(corrector) if isinstance(corrector, str) else corrector
 
 
-def _pc_steps(sde, score_fn, predictor_cls, corrector_cls, snr, n_steps, probability_flow,
-              generator):
-  """Predictor and corrector objects over `score_fn`, built once per call (not once per step)."""
-  extra = {} if generator is None else {'generator': generator}
-  return (predictor_cls(sde, score_fn, probability_flow, **extra),
-          corrector_cls(sde, score_fn, snr, n_steps, **extra))
-
-
-def _impute(sde, predictor_obj, corrector_obj, known, mask, encode, decode, eps, denoise,
-            generator):
-  """PC sampling with the masked part of `encode(x)` held to the forward marginal of `known`.
+def _imputation(sde, known, mask, encode, decode, generator):
+  """`pc_loop`'s projection for PC sampling with the masked part of `encode(x)` held to the
+  forward marginal of `known`: after each step the known part of x becomes a fresh draw of
+  p_0t(x(t) | known), and that of x_mean the marginal mean.
 
   Args:
     known: data in the encoded basis (B, C, H, W); only its masked part is used.
     mask: 0/1 tensor broadcastable to `known`, 1 = known (in the encoded basis).
     encode, decode: an orthonormal change of basis and its inverse (identity for inpainting).
   Returns:
+    project(x, x_mean, t (B,)) -> (x, x_mean).
+  """
+  unknown = 1. - mask
+
+  def project(x, x_mean, t):
+    known_mean, std = sde.marginal_prob(known, t)
+    noise = sde_lib.randn(known.shape, generator, device=known.device, dtype=known.dtype)
+    known_t = known_mean + sde_lib.bcast(std, known) * noise
+    return (decode(encode(x) * unknown + known_t * mask),
+            decode(encode(x_mean) * unknown + known_mean * mask))
+
+  return project
+
+
+def _pc_options(predictor, corrector, snr, n_steps, probability_flow, eps):
+  """`sampling.pc_loop`'s keyword arguments; predictor and corrector may be names or None."""
+  return dict(predictor=_predictor_class(predictor), corrector=_corrector_class(corrector),
+              snr=snr, n_steps=n_steps, probability_flow=probability_flow, eps=eps)
+
+
+def _impute(sde, score_model, known, mask, encode, decode, denoise, generator, pc_options):
+  """PC sampling (`sampling.pc_loop` with `pc_options`) with the masked part of `encode(x)`
+  imputed (`_imputation`), from the prior in the unknown part.
+
+  Returns:
     The sample (x_mean if `denoise`, else x) with the known part equal to `known` exactly.
   """
-  device = known.device
   unknown = 1. - mask
-  prior = sde_lib.prior_draw(sde, known.shape, device, generator)
+  prior = sde_lib.prior_draw(sde, known.shape, known.device, generator)
   x = decode(known * mask + encode(prior) * unknown)
-  x_mean = x
-  timesteps = torch.linspace(sde.T, eps, sde.N, device=device)
-  for i in range(sde.N):
-    vec_t = torch.full((known.shape[0],), float(timesteps[i]), device=device)
-    for step in (corrector_obj, predictor_obj):
-      x, x_mean = step.update_fn(x, vec_t)
-      known_mean, std = sde.marginal_prob(known, vec_t)
-      noise = sde_lib.randn(known.shape, generator, device=device, dtype=known.dtype)
-      known_t = known_mean + sde_lib.bcast(std, known) * noise
-      x = decode(encode(x) * unknown + known_t * mask)
-      x_mean = decode(encode(x_mean) * unknown + known_mean * mask)
-  out = x_mean if denoise else x
-  return decode(encode(out) * unknown + known * mask)
+  x, x_mean = sampling.pc_loop(sde, score_model, x=x, generator=generator,
+                               project=_imputation(sde, known, mask, encode, decode, generator),
+                               **pc_options)
+  return decode(encode(x_mean if denoise else x) * unknown + known * mask)
 
 
 def _check_mask(data, mask):
@@ -113,11 +121,12 @@ def get_pc_inpainter(sde, predictor, corrector, inverse_scaler, snr,
     denoise: return the last noise-free mean instead of the last noisy sample.
     eps: the last time of the reverse process.
   Returns:
-    inpainter(model, data, mask, generator=None): data (B, C, H, W) in model space, mask a 0/1
+    inpainter(model, data, mask, generator=None): model the network or a
+    `models.utils.ScoreModel`; data (B, C, H, W) in model space, mask a 0/1
     tensor of data's shape (size-1 dims broadcast), 1 = known. Returns inverse_scaler(images)
     whose known pixels equal data's.
   """
-  predictor_cls, corrector_cls = _predictor_class(predictor), _corrector_class(corrector)
+  pc_options = _pc_options(predictor, corrector, snr, n_steps, probability_flow, eps)
 
   def identity(x):
     return x
@@ -125,12 +134,10 @@ def get_pc_inpainter(sde, predictor, corrector, inverse_scaler, snr,
   def inpainter(model, data, mask, generator=None):
     _check_mask(data, mask)
     mask = mask.to(device=data.device, dtype=data.dtype)
-    score_fn = mutils.get_score_fn(sde, model, train=False, continuous=continuous)
-    predictor_obj, corrector_obj = _pc_steps(sde, score_fn, predictor_cls, corrector_cls, snr,
-                                             n_steps, probability_flow, generator)
+    score_model = mutils.ScoreModel.of(sde, model, continuous=continuous)
     with torch.no_grad():
-      x = _impute(sde, predictor_obj, corrector_obj, data, mask, identity, identity, eps, denoise,
-                  generator)
+      x = _impute(sde, score_model, data, mask, identity, identity, denoise, generator,
+                  pc_options)
       return inverse_scaler(x)
 
   return inpainter
@@ -161,7 +168,7 @@ def get_pc_colorizer(sde, predictor, corrector, inverse_scaler,
     their mean is the gray level). Returns inverse_scaler(images) whose channel mean equals the
     input's.
   """
-  predictor_cls, corrector_cls = _predictor_class(predictor), _corrector_class(corrector)
+  pc_options = _pc_options(predictor, corrector, snr, n_steps, probability_flow, eps)
 
   def colorizer(model, gray_scale_img, generator=None):
     img = gray_scale_img
@@ -180,12 +187,10 @@ def get_pc_colorizer(sde, predictor, corrector, inverse_scaler,
 
     mask = torch.zeros(1, 3, 1, 1, device=img.device, dtype=img.dtype)
     mask[:, 0] = 1.
-    score_fn = mutils.get_score_fn(sde, model, train=False, continuous=continuous)
-    predictor_obj, corrector_obj = _pc_steps(sde, score_fn, predictor_cls, corrector_cls, snr,
-                                             n_steps, probability_flow, generator)
+    score_model = mutils.ScoreModel.of(sde, model, continuous=continuous)
     with torch.no_grad():
-      x = _impute(sde, predictor_obj, corrector_obj, encode(img), mask, encode, decode, eps,
-                  denoise, generator)
+      x = _impute(sde, score_model, encode(img), mask, encode, decode, denoise, generator,
+                  pc_options)
       return inverse_scaler(x)
 
   return colorizer
@@ -230,7 +235,7 @@ def get_pc_conditional_sampler(sde, score_model, classifier, shape, predictor, c
   s(x, t) + grad_x log p_t(y | x), the classifier seeing x(t) and the marginal std at t.
 
   Args:
-    score_model: the unconditional score network (called through `models.utils.get_score_fn`).
+    score_model: the unconditional score network, or a `models.utils.ScoreModel`.
     classifier: noise-conditional classifier, (x, noise_scale (B,)) -> logits; see
       `get_classifier_grad_fn`.
     shape: (B, C, H, W) of the batch to draw.
@@ -239,8 +244,8 @@ def get_pc_conditional_sampler(sde, score_model, classifier, shape, predictor, c
     sampler(labels, generator=None): labels an integer tensor (B,), one class per sample, on the
     device to sample on. Returns inverse_scaler(samples) of `shape`.
   """
-  predictor_cls, corrector_cls = _predictor_class(predictor), _corrector_class(corrector)
-  score_fn = mutils.get_score_fn(sde, score_model, train=False, continuous=continuous)
+  pc_options = _pc_options(predictor, corrector, snr, n_steps, probability_flow, eps)
+  score_model = mutils.ScoreModel.of(sde, score_model, continuous=continuous)
   classifier_grad_fn = get_classifier_grad_fn(sde, classifier)
 
   def sampler(labels, generator=None):
@@ -251,22 +256,11 @@ def get_pc_conditional_sampler(sde, score_model, classifier, shape, predictor, c
                        f'{tuple(labels.shape)}.')
     if bool((labels < 0).any()):
       raise ValueError('labels must be non-negative class indices.')
-    device = labels.device
-
-    def conditional_score_fn(x, t):
-      return score_fn(x, t) + classifier_grad_fn(x, t, labels)
-
-    predictor_obj, corrector_obj = _pc_steps(sde, conditional_score_fn, predictor_cls,
-                                             corrector_cls, snr, n_steps, probability_flow,
-                                             generator)
     with torch.no_grad():
-      x = sde_lib.prior_draw(sde, shape, device, generator)
-      x_mean = x
-      timesteps = torch.linspace(sde.T, eps, sde.N, device=device)
-      for i in range(sde.N):
-        vec_t = torch.full((shape[0],), float(timesteps[i]), device=device)
-        x, x_mean = corrector_obj.update_fn(x, vec_t)
-        x, x_mean = predictor_obj.update_fn(x, vec_t)
+      x = sde_lib.prior_draw(sde, shape, labels.device, generator)
+      x, x_mean = sampling.pc_loop(
+        sde, score_model, x=x, generator=generator,
+        score_modifier=lambda y, t: classifier_grad_fn(y, t, labels), **pc_options)
       return inverse_scaler(x_mean if denoise else x)
 
   return sampler

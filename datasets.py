@@ -55,7 +55,7 @@ def get_data_inverse_scaler(config):
 
 def data_root(config):
   """`config.data.root`, else $SCORESDE_DATA, else ./data."""
-  root = config.data.get('root', None)
+  root = config.data.root
   return pathlib.Path(root or os.environ.get('SCORESDE_DATA', 'data')).expanduser().absolute()
 
 
@@ -221,7 +221,7 @@ def _image_folder(name, config, root):
   how = (f'{name} is read from a folder of images: put the images (e.g. PNGs at '
          f'{config.data.image_size}x{config.data.image_size}) under a folder and pass '
          '--config.data.root=/path/to/folder.')
-  if config.data.get('root', None) is None:  # every image under ./data would be read
+  if config.data.root is None:  # every image under ./data would be read
     raise DatasetNotFoundError(f'{how} Image folders need it given: they do not fall back to '
                                '$SCORESDE_DATA or ./data, which hold other datasets.')
   if not root.is_dir():
@@ -235,6 +235,18 @@ def _image_folder(name, config, root):
 DATASETS.register(lambda config, train, root, download: _image_folder('FFHQ', config, root), name='FFHQ')
 DATASETS.register(lambda config, train, root, download: _image_folder('CelebAHQ', config, root),
                   name='CelebAHQ')
+
+
+def split_images(config, train):
+  """The uint8 images of one split of `config.data.dataset` (the train split when `train`, else
+  the eval split) as a torch Dataset of (uint8 (C, H, W), int label); folder datasets (FFHQ,
+  CelebAHQ) have one split, returned for both.
+
+  Raises:
+    DatasetNotFoundError (a FileNotFoundError) saying where to put or how to fetch the data.
+  """
+  build = DATASETS.get(config.data.dataset)
+  return build(config, train, data_root(config), bool(config.data.download))
 
 
 def to_uint8(samples):
@@ -325,7 +337,7 @@ def loader_workers(config, dataset):
   """Worker processes that load `dataset`: config.data.num_workers, or when it is None, 0 for
   in-memory datasets (DIGITS, CIFAR10, SVHN: one tensor gather per batch in this process; on 2
   cores, workers only compete with the training threads) and min(4, CPUs) for file-backed ones."""
-  workers = config.data.get('num_workers', None)
+  workers = config.data.num_workers
   if workers is None:
     return 0 if isinstance(dataset, InMemoryImages) else min(4, os.cpu_count() or 1)
   return int(workers)
@@ -348,14 +360,10 @@ def get_dataset(config, uniform_dequantization=False, evaluation=False, with_lab
   Raises:
     DatasetNotFoundError (a FileNotFoundError) saying where to put or how to fetch the data.
   """
-  build = DATASETS.get(config.data.dataset)
-  root = data_root(config)
-  download = bool(config.data.get('download', False))
-  train_set = build(config, True, root, download)
-  eval_set = build(config, False, root, download)
+  train_set, eval_set = split_images(config, True), split_images(config, False)
   rank, world = distributed.rank_world()
   batch_size = config.eval.batch_size if evaluation else config.training.batch_size
-  pin = torch.device(config.get('device', 'cpu')).type == 'cuda' and torch.cuda.is_available()
+  pin = torch.device(config.device).type == 'cuda' and torch.cuda.is_available()
   common = dict(uniform_dequantization=uniform_dequantization, rank=rank, world_size=world,
                 with_labels=with_labels, repeat=not evaluation, pin_memory=pin)
   train_ds = ImageBatches(train_set, batch_size, random_flip=config.data.random_flip and not evaluation,

@@ -48,38 +48,21 @@ import distributed
 import evaluation
 import likelihood
 import losses
-import run_config
-import run_lib
 import sampling
 import sde_lib
-import utils
+from checkpoints import build_state, restore_checkpoint
 from datasets import to_uint8
 from seeds import BITS_PER_DIM, EVAL_MODE_LOSS, SAMPLING_ROUND, SCHEME, derive_seed
+from workdir import Layout, as_json, read_json, refuse_other_run, savez_atomic, write_json_atomic
 
 
 # ----------------------------------------------------------------------------- small helpers
 
-def savez_atomic(path, *args, **arrays):
-  """np.savez_compressed, atomically (`utils.write_atomic`): a file that exists is complete."""
-  utils.write_atomic(path, lambda tmp: np.savez_compressed(tmp, *args, **arrays),
-                     suffix='.tmp.npz')
-
-
-def checkpoint_path(workdir, ckpt):
-  return os.path.join(workdir, 'checkpoints', f'checkpoint_{ckpt}.pth')
-
-
 # ----------------------------------------------------------------------------- building blocks
-
-def build_state(config):
-  """Model, EMA and optimizer as training builds them (so its checkpoints restore strictly)."""
-  return run_lib.build_state(config)
-
 
 def eval_batches(config, train, uniform_dequantization, repeat=False):
   """Whole (not sharded) batches of config.eval.batch_size images of one split, in [0, 1]."""
-  build = datasets.DATASETS.get(config.data.dataset)
-  images = build(config, train, datasets.data_root(config), bool(config.data.get('download', False)))
+  images = datasets.split_images(config, train)
   return datasets.ImageBatches(images, config.eval.batch_size, repeat=repeat,
                                uniform_dequantization=uniform_dequantization,
                                seed=config.seed + (0 if train else 1))
@@ -106,7 +89,7 @@ def restore_ckpt(config, state, path, retries=2, retry_wait_s=60.):
   """
   for attempt in range(retries + 1):
     try:
-      utils.restore_checkpoint(path, state, device=config.device)
+      restore_checkpoint(path, state, device=config.device)
       break
     except RuntimeError:
       if attempt == retries:
@@ -234,7 +217,7 @@ def write_report(eval_dir, ckpt, results):
     with open(summary_path) as f:
       summary = json.load(f)
   summary.setdefault(str(ckpt), {}).update({k: float(v) for k, v in results.items()})
-  utils.write_json_atomic(summary_path, summary, indent=1, sort_keys=True)
+  write_json_atomic(summary_path, summary, indent=1, sort_keys=True)
   logging.info('ckpt %d: %s', ckpt, ', '.join(f'{k} {v:.6g}' for k, v in sorted(results.items())))
 
 
@@ -245,7 +228,7 @@ def _sampling_tools(config):
   score(pool_3, logits) -> metrics. Inception and IS/FID/KID against the dataset statistics, or on
   DIGITS the digits classifier and its metrics with their floor. Raises FileNotFoundError /
   ValueError saying what file is missing."""
-  network = config.eval.get('feature_network', 'auto')
+  network = config.eval.feature_network
   if network == 'digits' or (network == 'auto' and config.data.dataset.upper() == 'DIGITS'):
     import digits_quality
     features = digits_quality.DigitsFeatures.load(config.device)
@@ -254,7 +237,7 @@ def _sampling_tools(config):
       {'pool_3': pool_3, 'logits': logits}, reference)
   inception = evaluation.get_inception_model(config)
   data_stats = evaluation.load_stats(evaluation.stats_file(config), mode=inception.mode)
-  num_splits = config.eval.get('is_splits', 10)
+  num_splits = config.eval.is_splits
   return inception, lambda pool_3, logits: evaluation.compute_metrics(
     pool_3, logits, data_stats, num_splits=num_splits)
 
@@ -277,7 +260,7 @@ def build_tools(config, sde, sampling_eps):
   statistics) but loss or bits/dim can, sampling_error is the exception to raise at the end.
   """
   ev = config.eval
-  if ev.get('feature_network', 'auto') not in ('auto', 'inception', 'digits'):
+  if ev.feature_network not in ('auto', 'inception', 'digits'):
     raise ValueError(f'config.eval.feature_network is {ev.feature_network!r}; use "auto" (the '
                      'digits classifier on DIGITS, Inception elsewhere), "inception" or "digits".')
   inverse_scaler = datasets.get_data_inverse_scaler(config)
@@ -306,7 +289,7 @@ def build_tools(config, sde, sampling_eps):
       shape = (ev.batch_size, config.data.num_channels, config.data.image_size, config.data.image_size)
       # The network samples in config.eval.precision; bits/dim below always run in float32.
       tools['sampling_fn'] = sampling.get_sampling_fn(
-        config, sde, shape, inverse_scaler, sampling_eps, precision=ev.get('precision', 'fp32'))
+        config, sde, shape, inverse_scaler, sampling_eps, precision=ev.precision)
   if ev.enable_loss:
     tools['eval_ds'] = eval_batches(config, train=False,
                                     uniform_dequantization=config.data.uniform_dequantization)
@@ -315,7 +298,7 @@ def build_tools(config, sde, sampling_eps):
     if split not in ('train', 'test'):
       raise ValueError(f'config.eval.bpd_dataset is {ev.bpd_dataset!r}; use "train" or "test".')
     # Repeats draw fresh dequantization noise; the reference goes over test 5 times, train once.
-    repeats = ev.get('bpd_num_repeats', None)
+    repeats = ev.bpd_num_repeats
     tools['num_repeats'] = int(repeats) if repeats is not None else (5 if split == 'test' else 1)
     if tools['num_repeats'] < 1:
       raise ValueError(f'config.eval.bpd_num_repeats is {repeats}; use 1 or more (or None for '
@@ -323,7 +306,7 @@ def build_tools(config, sde, sampling_eps):
     tools['ds_bpd'] = eval_batches(config, train=split == 'train', uniform_dequantization=True,
                                    repeat=True)
     tools['likelihood_fn'] = likelihood.get_likelihood_fn(
-      sde, inverse_scaler, rtol=ev.get('bpd_rtol', 1e-5), atol=ev.get('bpd_atol', 1e-5))
+      sde, inverse_scaler, rtol=ev.bpd_rtol, atol=ev.bpd_atol)
   return tools, sampling_error
 
 
@@ -364,16 +347,16 @@ def eval_identity(config):
   grow: more rounds of the same seeds.)"""
   ev = config.eval
   found = dict(seed_scheme=SCHEME, seed=config.seed, batch_size=ev.batch_size,
-               precision=ev.get('precision', 'fp32'),
+               precision=ev.precision,
                sampler={k: v for k, v in config.sampling.to_dict().items()
                         if k not in ('progress', 'compile', 'compile_mode', 'precision')},
-               features=dict(network=ev.get('feature_network', 'auto'),
-                             inception_mode=ev.get('inception_mode', 'legacy_tensorflow')),
-               bpd=dict(dataset=ev.bpd_dataset, repeats=ev.get('bpd_num_repeats', None),
-                        rtol=ev.get('bpd_rtol', 1e-5), atol=ev.get('bpd_atol', 1e-5)),
+               features=dict(network=ev.feature_network,
+                             inception_mode=ev.inception_mode),
+               bpd=dict(dataset=ev.bpd_dataset, repeats=ev.bpd_num_repeats,
+                        rtol=ev.bpd_rtol, atol=ev.bpd_atol),
                data=dict(dataset=config.data.dataset, image_size=config.data.image_size,
                          uniform_dequantization=config.data.uniform_dequantization))
-  return json.loads(json.dumps(run_config.jsonable(found)))
+  return as_json(found)
 
 
 def check_eval_folder(eval_dir, config):
@@ -382,18 +365,15 @@ def check_eval_folder(eval_dir, config):
   path = os.path.join(eval_dir, 'eval_config.json')
   ident = eval_identity(config)
   if os.path.exists(path):
-    with open(path) as f:
-      differ, details = run_config.differences(json.load(f), ident)
-    if differ:
-      raise ValueError(f'{eval_dir} holds an evaluation made with other settings ({details}); '
-                       'its files would be reused as they are. Pass another --eval_folder, or '
-                       'delete the folder to evaluate again.')
+    refuse_other_run(read_json(path), ident, f'{eval_dir} holds an evaluation made with other '
+                     'settings', 'Its files would be reused as they are: pass another '
+                     '--eval_folder, or delete the folder to evaluate again.')
   else:
     if any(name.startswith(('ckpt_', 'report')) for name in os.listdir(eval_dir)):
       logging.warning('%s holds results written before evaluation folders recorded their settings '
                       '(eval_config.json): they are reused as they are. Pass another '
                       '--eval_folder to evaluate afresh.', eval_dir)
-    utils.write_json_atomic(path, ident, indent=1, sort_keys=True)
+    write_json_atomic(path, ident, indent=1, sort_keys=True)
 
 
 def _evaluate(config, workdir, eval_folder, rank):
@@ -403,12 +383,12 @@ def _evaluate(config, workdir, eval_folder, rank):
   if rank == 0:
     check_eval_folder(eval_dir, config)
   distributed.barrier()
-  state = build_state(config)
+  state = build_state(config, optimizer=False)
   sde, sampling_eps = sde_lib.get_sde(config)
   tools, sampling_error = build_tools(config, sde, sampling_eps)
   for ckpt in range(ev.begin_ckpt, ev.end_ckpt + 1):
-    path = checkpoint_path(workdir, ckpt)
-    wait_for_checkpoint(path, ev.get('ckpt_timeout_s', 3 * 24 * 3600.), ev.get('ckpt_poll_s', 60.))
+    path = Layout(workdir).snapshot(ckpt)
+    wait_for_checkpoint(path, ev.ckpt_timeout_s, ev.ckpt_poll_s)
     if rank == 0:
       logging.info('Evaluating checkpoint %d (%s): %s', ckpt, path, ', '.join(
         name for name, key in (('loss', 'eval_ds'), ('bits/dim', 'likelihood_fn'),
@@ -432,9 +412,8 @@ def fid_stats(config, workdir=None):
   if rank != 0:
     return None
   inception = evaluation.get_inception_model(config)
-  build = datasets.DATASETS.get(config.data.dataset)
-  images = build(config, True, datasets.data_root(config), bool(config.data.get('download', False)))
-  loader = torch.utils.data.DataLoader(images, batch_size=config.eval.get('inception_batch_size', 100),
+  images = datasets.split_images(config, True)
+  loader = torch.utils.data.DataLoader(images, batch_size=config.eval.inception_batch_size,
                                        num_workers=datasets.loader_workers(config, images))
   logging.info('fid_stats: Inception features (%s mode) of the %d training images of %s',
                inception.mode, len(images), config.data.dataset)

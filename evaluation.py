@@ -24,7 +24,7 @@ import warnings
 import numpy as np
 import torch
 
-import utils
+import workdir
 
 INCEPTION_FILE = 'inception-2015-12-05.pt'
 INCEPTION_URL = ('https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/'
@@ -159,10 +159,10 @@ class InceptionFeatures:
 
 def get_inception_model(config):
   """`InceptionFeatures` as `config.eval` asks: inception_path, inception_mode, and the device."""
-  net = load_inception(config.eval.get('inception_path', None), device=config.device)
-  return InceptionFeatures(net, mode=config.eval.get('inception_mode', 'legacy_tensorflow'),
+  net = load_inception(config.eval.inception_path, device=config.device)
+  return InceptionFeatures(net, mode=config.eval.inception_mode,
                            device=config.device,
-                           batch_size=config.eval.get('inception_batch_size', 100))
+                           batch_size=config.eval.inception_batch_size)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -306,7 +306,7 @@ def stats_name(config):
 
 def stats_file(config):
   """config.eval.stats_file if set, else <repo>/assets/stats/<stats_name>_stats.npz."""
-  path = config.eval.get('stats_file', None)
+  path = config.eval.stats_file
   return pathlib.Path(path) if path else _ROOT / 'assets' / 'stats' / f'{stats_name(config)}_stats.npz'
 
 
@@ -315,7 +315,7 @@ def save_stats(path, pool_3, mode):
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   mu, sigma = feature_statistics(pool_3)
-  utils.write_atomic(path, lambda tmp: np.savez(
+  workdir.write_atomic(path, lambda tmp: np.savez(
     tmp, pool_3=np.asarray(pool_3, dtype=np.float32), mu=mu, sigma=sigma, mode=mode),
     suffix='.tmp.npz')
 

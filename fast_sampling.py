@@ -15,7 +15,6 @@ is always called at x = s(t) y and t = sde.sigma_inverse(sigma).
 """
 import math
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -31,15 +30,24 @@ def _check(name, value, allowed):
 
 
 class ScaledODE:
-  """score_fn(x, t) seen as eps(y, sigma) and D(y, sigma) in EDM's scaled variables.
+  """A score seen as eps(y, sigma) and D(y, sigma) in EDM's scaled variables.
 
-  Counts network evaluations in `nfe`.
+  Args:
+    score_fn: a `models.utils.ScoreModel`, or any (x, t) -> score (wrapped in one).
+    sde: the forward SDE (scale_and_sigma / sigma_inverse).
+    batch_size, device: of the time vectors the network is called with.
+  `nfe` is the ScoreModel's evaluations since this object was built.
   """
 
   def __init__(self, score_fn, sde, batch_size, device):
-    self.score_fn, self.sde = score_fn, sde
+    self.score_model = mutils.ScoreModel.of_score_fn(sde, score_fn)
+    self.sde = sde
     self.batch_size, self.device = batch_size, device
-    self.nfe = 0
+    self._start = self.score_model.nfe
+
+  @property
+  def nfe(self):
+    return self.score_model.nfe - self._start
 
   def time(self, sigma):
     """t(sigma) as a (B,) float32 tensor on the device."""
@@ -47,14 +55,15 @@ class ScaledODE:
     return t.to(torch.float32).expand(self.batch_size).to(self.device)
 
   def eps(self, y, sigma):
-    """Noise prediction eps = -s sigma score(s y, t(sigma)), shape y.shape."""
+    """Noise prediction eps = -s sigma score(s y, t(sigma)), shape y.shape: the ScoreModel's, with
+    the marginal std s(t) sigma of the scaled variables (not `sde.marginal_prob`'s formula)."""
     t = self.time(sigma)
     s = self.sde.scale_and_sigma(t)[0].reshape((-1,) + (1,) * (y.ndim - 1))
-    self.nfe += 1
-    return -float(sigma) * s * self.score_fn(s * y, t)
+    return self.score_model.noise(s * y, t, std=float(sigma) * s)
 
   def denoise(self, y, sigma):
-    """Data prediction D(y; sigma) = y - sigma eps."""
+    """Data prediction D(y; sigma) = y - sigma eps, in y (ScoreModel.denoised's Tweedie formula
+    in x rounds differently)."""
     return y - float(sigma) * self.eps(y, sigma)
 
   def scale(self, t):
@@ -97,7 +106,8 @@ def heun_sample(score_fn, sde, shape, num_steps=18, eps=1e-3, schedule='edm', rh
   """EDM's Heun sampler (Karras et al. 2022, Alg. 2; Alg. 1 when churn = 0).
 
   Args:
-    score_fn: (x (B, ...), t (B,)) -> score.
+    score_fn: a `models.utils.ScoreModel`, or any (x (B, ...), t (B,)) -> score (one call is one
+      evaluation).
     sde: forward SDE (needs scale_and_sigma / sigma_inverse).
     shape: (B, ...) of the samples.
     num_steps: noise levels from sigma(T) to sigma(eps); the last step to 0 (if `to_zero`) is an
@@ -215,7 +225,7 @@ def singlestep_orders(nfe, order):
   return {0: [3] * (k - 2) + [2, 1], 1: [3] * (k - 1) + [1], 2: [3] * (k - 1) + [2]}[nfe % 3]
 
 
-def dpm_solver_sample(score_fn, sde, shape, num_steps=20, order=3, method='singlestep',
+def dpm_solver_sample(score_fn, sde, shape, num_steps=18, order=3, method='singlestep',
                       algorithm='dpmsolver++', schedule='logsnr', eps=1e-3, denoise_to_zero=False,
                       lower_order_final=True, z=None, generator=None, device='cpu',
                       progress=False):
@@ -261,10 +271,12 @@ def dpm_solver_sample(score_fn, sde, shape, num_steps=20, order=3, method='singl
 
 def _sampler_from(sample_fn, sde, shape, inverse_scaler, continuous, device, **kwargs):
   def sampler(model, z=None, generator=None):
-    """Draw a batch: returns (inverse_scaler(x) (B, C, H, W), number of network evaluations)."""
-    score_fn = mutils.get_score_fn(sde, model, train=False, continuous=continuous)
+    """Draw a batch with `model` (the network or a `models.utils.ScoreModel`): returns
+    (inverse_scaler(x) (B, C, H, W), number of network evaluations)."""
+    score_model = mutils.ScoreModel.of(sde, model, continuous=continuous)
     with torch.no_grad():
-      x, nfe = sample_fn(score_fn, sde, shape, z=z, generator=generator, device=device, **kwargs)
+      x, nfe = sample_fn(score_model, sde, shape, z=z, generator=generator, device=device,
+                         **kwargs)
     return inverse_scaler(x), nfe
 
   return sampler
@@ -278,7 +290,7 @@ def get_heun_sampler(sde, shape, inverse_scaler, num_steps=18, eps=1e-3, continu
                        num_steps=num_steps, eps=eps, **kwargs)
 
 
-def get_dpm_solver_sampler(sde, shape, inverse_scaler, num_steps=20, order=3, eps=1e-3,
+def get_dpm_solver_sampler(sde, shape, inverse_scaler, num_steps=18, order=3, eps=1e-3,
                            continuous=True, device=None, **kwargs):
   """`sampler(model, z=None) -> (samples, nfe)` running `dpm_solver_sample` (kwargs go to it)."""
   device = device or mutils.default_device()
@@ -291,20 +303,20 @@ def heun_from_config(config, sde, shape, inverse_scaler, eps):
   ('edm', EDM's rho ladder; 'logsnr' needs fewer levels on long sigma ranges, see
   bench/heun_step_analysis.py) and `heun_rho` (7)."""
   s = config.sampling
-  return get_heun_sampler(sde, shape, inverse_scaler, num_steps=s.get('num_steps', 18), eps=eps,
+  return get_heun_sampler(sde, shape, inverse_scaler, num_steps=s.num_steps, eps=eps,
                           continuous=config.training.continuous, device=config.device,
-                          churn=s.get('churn', 0.), schedule=s.get('heun_schedule', 'edm'),
-                          rho=s.get('heun_rho', 7.), progress=s.get('progress', False))
+                          churn=s.churn, schedule=s.heun_schedule,
+                          rho=s.heun_rho, progress=s.progress)
 
 
 def dpm_solver_from_config(config, sde, shape, inverse_scaler, eps):
   """`config.sampling.method = 'dpm_solver'`: num_steps evaluations of order `order`;
   optional `dpm_method` ('singlestep'), `dpm_algorithm` ('dpmsolver++'), `dpm_schedule`."""
   s = config.sampling
-  return get_dpm_solver_sampler(sde, shape, inverse_scaler, num_steps=s.get('num_steps', 20),
-                                order=s.get('order', 3), eps=eps,
+  return get_dpm_solver_sampler(sde, shape, inverse_scaler, num_steps=s.num_steps,
+                                order=s.order, eps=eps,
                                 continuous=config.training.continuous, device=config.device,
-                                method=s.get('dpm_method', 'singlestep'),
-                                algorithm=s.get('dpm_algorithm', 'dpmsolver++'),
-                                schedule=s.get('dpm_schedule', 'logsnr'),
-                                progress=s.get('progress', False))
+                                method=s.dpm_method,
+                                algorithm=s.dpm_algorithm,
+                                schedule=s.dpm_schedule,
+                                progress=s.progress)

@@ -82,7 +82,8 @@ def get_likelihood_fn(sde, inverse_scaler, hutchinson_type='Rademacher', rtol=1e
     precision: only 'fp32'; anything else is refused (see below).
   Returns:
     likelihood_fn(model, data (B, C, H, W), generator=None) -> (bpd (B,), z (B, C, H, W), nfe):
-    bits/dim, the latent x(T), and the number of network forward passes.
+    bits/dim, the latent x(T), and the number of network forward passes; `model` the network
+    (called as continuous-time) or a `models.utils.ScoreModel`.
   Raises:
     ValueError for a precision other than 'fp32': the solver's tolerances (1e-5 by default) are
     far below the rounding of a bf16 / fp16 network (~4e-3 / ~5e-4 relative), so the step
@@ -104,14 +105,9 @@ def get_likelihood_fn(sde, inverse_scaler, hutchinson_type='Rademacher', rtol=1e
 
   def likelihood_fn(model, data, generator=None):
     """Bits/dim of `data` (model space), its latent code z and the number of forward passes."""
-    calls = [0]
-    score_fn = mutils.get_score_fn(sde, model, train=False, continuous=True)
-
-    def counted_score(x, t):
-      calls[0] += 1
-      return score_fn(x, t)
-
-    rsde = sde.reverse(counted_score, probability_flow=True)
+    score_model = mutils.ScoreModel.of(sde, model, continuous=True)
+    start = score_model.nfe
+    rsde = sde.reverse(score_model, probability_flow=True)
     drift_fn = lambda x, t: rsde.sde(x, t)[0]
     shape, batch = data.shape, data.shape[0]
     dim = int(np.prod(shape[1:]))
@@ -129,6 +125,6 @@ def get_likelihood_fn(sde, inverse_scaler, hutchinson_type='Rademacher', rtol=1e
       z, delta_logp = state[:batch * dim].reshape(shape), state[batch * dim:]
       logp = sde.prior_logp(z) + delta_logp
       bpd = -logp / np.log(2) / dim + offset
-    return bpd.to(data.dtype), z.to(data.dtype), calls[0]
+    return bpd.to(data.dtype), z.to(data.dtype), score_model.nfe - start
 
   return likelihood_fn

@@ -42,7 +42,7 @@ def get_optimizer(config, params):
 
 
 def _adam_impl(config):
-  impl = config.optim.get('adam_impl', 'default')
+  impl = config.optim.adam_impl
   if impl not in ADAM_IMPLS:
     raise ValueError(f'Unknown config.optim.adam_impl {impl!r}. Known: {", ".join(ADAM_IMPLS)}.')
   return impl

@@ -7,41 +7,46 @@
         --config.eval.batch_size=256
     torchrun --nproc_per_node=4 main.py --config ... --workdir ... --mode train   # DDP
 
-Any config entry can be overridden with --config.section.key=value (ml_collections).
+Any config entry can be overridden with --config.section.key=value (ml_collections). A mistake in
+what was asked for (an unknown sampler, a bad seed range, a missing checkpoint or dataset, a
+workdir of another run, a non-finite loss) ends with its message and exit status 1; --traceback
+shows where it was raised. Programming errors keep their traceback.
 """
-import importlib
+import sys
 
 from absl import app, flags
 from ml_collections.config_flags import config_flags
 
 
-def _train(config):
+# One entry per mode: its driver, imported only when chosen (--mode sample loads no training code).
+def _train(config, workdir):
   import run_lib
-  run_lib.train(config, FLAGS.workdir)
+  return run_lib.train(config, workdir)
 
 
-def _eval(config):
-  import run_lib
-  run_lib.evaluate(config, FLAGS.workdir, FLAGS.eval_folder)
+def _eval(config, workdir):
+  import eval_lib
+  return eval_lib.evaluate(config, workdir, FLAGS.eval_folder)
 
 
-def _from_module(module_name, function_name):
-  """A mode served by `module_name.function_name(config, workdir)`, imported when chosen."""
-
-  def run(config):
-    getattr(importlib.import_module(module_name), function_name)(config, FLAGS.workdir)
-
-  return run
+def _fid_stats(config, workdir):
+  import eval_lib
+  return eval_lib.fid_stats(config, workdir)  # Inception statistics of the train split
 
 
-# Mode name -> function(config). Add new modes here; --mode lists the keys.
-MODES = {
-  'train': _train,
-  'eval': _eval,
-  'fid_stats': _from_module('eval_lib', 'fid_stats'),  # Inception statistics of the train split
-  'train_classifier': _from_module('classifier_lib', 'train_classifier'),  # for conditional sampling
-  'sample': _from_module('sample_lib', 'sample'),  # images from a checkpoint (config.sample)
-}
+def _train_classifier(config, workdir):
+  import classifier_lib
+  return classifier_lib.train_classifier(config, workdir)  # for conditional sampling
+
+
+def _sample(config, workdir):
+  import sample_lib
+  return sample_lib.sample(config, workdir)  # images from a checkpoint (config.sample)
+
+
+# Mode name -> function(config, workdir). Add new modes here; --mode lists the keys.
+MODES = {'train': _train, 'eval': _eval, 'fid_stats': _fid_stats,
+         'train_classifier': _train_classifier, 'sample': _sample}
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training configuration (a configs/*.py file).',
@@ -49,13 +54,32 @@ config_flags.DEFINE_config_file('config', None, 'Training configuration (a confi
 flags.DEFINE_string('workdir', None, 'Work directory (checkpoints, samples, logs).')
 flags.DEFINE_enum('mode', None, list(MODES), 'Running mode: ' + ', '.join(MODES) + '.')
 flags.DEFINE_string('eval_folder', 'eval', 'Folder under --workdir for evaluation results.')
+flags.DEFINE_bool('traceback', False, 'Show the traceback of a usage error too (a bad setting, '
+                  'a missing file), not only its message.')
 flags.mark_flags_as_required(['config', 'workdir', 'mode'])
+
+
+def user_errors():
+  """The exceptions that report a mistake in what was asked for, each raised with a message that
+  says what to change: shown as that message alone."""
+  from checkpoints import CheckpointError
+  return (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
+          TimeoutError, FloatingPointError, CheckpointError)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}. Flags take the form --name=value.')
-  MODES[FLAGS.mode](FLAGS.config)
+  from configs import with_defaults
+  config = with_defaults(FLAGS.config)
+  try:
+    MODES[FLAGS.mode](config, FLAGS.workdir)
+  except user_errors() as e:
+    if FLAGS.traceback:
+      raise
+    print(f'\nmain.py --mode {FLAGS.mode} stopped: {type(e).__name__}: {e}\n(--traceback shows '
+          'where it was raised.)', file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == '__main__':

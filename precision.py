@@ -96,10 +96,9 @@ def sampling_model_fn(config, precision=None):
   The prepared network is kept for the last model seen, so a compiled one is compiled once.
   """
   sampling = config.sampling
-  precision = check(sampling.get('precision', 'fp32') if precision is None else precision,
-                    'sampling.precision')
-  compile_mode = sampling.get('compile_mode', 'default') if sampling.get('compile', False) else None
-  channels_last = (config.get('model', None) or {}).get('channels_last', False)
+  precision = check(sampling.precision if precision is None else precision, 'sampling.precision')
+  compile_mode = sampling.compile_mode if sampling.compile else None
+  channels_last = config.model.channels_last
   if precision == 'fp32' and compile_mode is None and not channels_last:
     return None
   last = {}
@@ -155,9 +154,9 @@ def training_model(config, model):
   """`model` as the training loop calls it: compiled when config.training.compile (mode
   training.compile_mode). Checkpoints still hold the plain network (models.utils.unwrap)."""
   training = config.training
-  if not training.get('compile', False):
+  if not training.compile:
     return model
-  return CompiledModel(model, training.get('compile_mode', 'default'), key='training.compile')
+  return CompiledModel(model, training.compile_mode, key='training.compile')
 
 
 # --- Process-wide backend settings --------------------------------------------------------------

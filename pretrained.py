@@ -19,10 +19,9 @@ import torch.nn.functional as F
 
 import datasets
 import fast_sampling
-import sample_lib
 import sampling
 import sde_lib
-import utils
+from checkpoints import load_checkpoint_file, load_score_model
 from configs import load_config
 from models.utils import default_device
 
@@ -46,7 +45,7 @@ def path_of(name_or_path):
 
 def read_meta(name_or_path):
   """The 'meta' dict of a shipped file (plain str / int / float values); {} if it has none."""
-  return dict(utils.load_checkpoint_file(path_of(name_or_path)).get('meta', {}))
+  return dict(load_checkpoint_file(path_of(name_or_path)).get('meta', {}))
 
 
 def load(name_or_path='ve_digits', config=None, device=None):
@@ -68,7 +67,7 @@ def load(name_or_path='ve_digits', config=None, device=None):
   if isinstance(config, str):
     config = load_config(config)
   config.device = torch.device(device or default_device())
-  model, _ = sample_lib.load_score_model(config, path)  # as main.py --mode sample loads
+  model, _ = load_score_model(config, path)  # as main.py --mode sample loads
   return model, config
 
 

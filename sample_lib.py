@@ -20,6 +20,7 @@ restart: a run started again skips the seeds whose PNG exists. A folder holding 
 another checkpoint, config or sampler is refused. Every config.sample key is documented in
 configs/default_cifar10_configs.py.
 """
+import collections
 import hashlib
 import json
 import logging
@@ -37,15 +38,12 @@ import torch
 import torch.distributed as dist
 
 import distributed
-import run_config
 import sde_lib
-import utils
+from checkpoints import load_score_model, resolve_checkpoint
 from datasets import to_uint8
-from eval_lib import savez_atomic
 from seeds import IMAGE, SCHEME, derive_seed
-from models import utils as mutils
-from models.ema import ExponentialMovingAverage
-from sample_tasks import TASKS, latest_checkpoint
+from sample_tasks import TASKS
+from workdir import Layout, as_json, read_json, refuse_other_run, savez_atomic, write_json_atomic, write_png
 
 ROOT = pathlib.Path(__file__).resolve().parent
 
@@ -53,72 +51,48 @@ ROOT = pathlib.Path(__file__).resolve().parent
 # ----------------------------------------------------------------------------- inputs
 
 def parse_seeds(seeds, num):
-  """The seeds to draw: 0 .. num - 1 for '', a .. b for the inclusive range 'a-b'."""
+  """The seeds to draw, as EDM's --seeds: 0 .. num - 1 for '', else a comma-separated list of
+  seeds and inclusive ranges 'a-b' (e.g. '0,5,10-19'), in the order given.
+
+  Raises:
+    ValueError naming the part that does not parse (or the seed listed twice: two processes
+    would write its PNG at once) and the accepted forms.
+  """
   text = str(seeds).strip()
   if not text:
     if num <= 0:
       raise ValueError(f'config.sample.num is {num}: ask for at least one image.')
     return list(range(num))
-  match = re.fullmatch(r'(\d+)\s*-\s*(\d+)', text)
-  if not match or int(match[1]) > int(match[2]):
-    raise ValueError(f'config.sample.seeds={text!r} does not parse: give an inclusive range '
-                     "'a-b' with 0 <= a <= b (e.g. '0-63'), or '' for 0 .. num - 1.")
-  return list(range(int(match[1]), int(match[2]) + 1))
+  out = []
+  for part in text.split(','):
+    match = re.fullmatch(r'(\d+)(?:\s*-\s*(\d+))?', part.strip())
+    if not match or (match[2] is not None and int(match[1]) > int(match[2])):
+      bad = '' if part.strip() == text else f' at {part.strip()!r}'
+      raise ValueError(f'config.sample.seeds={text!r} does not parse{bad}: give an inclusive '
+                       "range 'a-b' with 0 <= a <= b (e.g. '0-63'), seeds and such ranges "
+                       "separated by commas (e.g. '0,5,10-19'), or '' for 0 .. num - 1.")
+    out.extend(range(int(match[1]), int(match[2] or match[1]) + 1))
+  twice = sorted(k for k, n in collections.Counter(out).items() if n > 1)
+  if twice:
+    raise ValueError(f'config.sample.seeds={text!r} lists seed(s) {twice[:5]} more than once: '
+                     'give each seed once.')
+  return out
+
+
+def seed_ranges(seeds):
+  """The seeds as inclusive ranges [[a, b], ...] in their order ([[0, 9]] for 0 .. 9)."""
+  ranges = []
+  for k in seeds:
+    if ranges and k == ranges[-1][1] + 1:
+      ranges[-1][1] = k
+    else:
+      ranges.append([k, k])
+  return ranges
 
 
 def image_generators(seed, seeds, device):
   """One torch.Generator per image, image k's seeded by (seed, k) (seeds.IMAGE's stream)."""
   return [torch.Generator(device=device).manual_seed(derive_seed(seed, IMAGE, k)) for k in seeds]
-
-
-def _stored_step(path):
-  """The step saved in a checkpoint, read without loading its tensors (mmap)."""
-  with torch.serialization.safe_globals(utils.numpy_scalar_globals()):
-    return int(torch.load(path, map_location='cpu', mmap=True, weights_only=True)['step'])
-
-
-def resolve_checkpoint(workdir, ckpt):
-  """The checkpoint file config.sample.ckpt names: N -> checkpoints/checkpoint_N.pth of the
-  workdir; 'latest' -> the highest N, or checkpoints-meta/checkpoint.pth when its step is
-  later (or it is the only one); anything else -> that file (an official one too)."""
-  text = str(ckpt).strip()
-  snapshots = pathlib.Path(workdir) / 'checkpoints'
-  if re.fullmatch(r'\d+', text):
-    path = snapshots / f'checkpoint_{text}.pth'
-    if not path.is_file():
-      have = sorted(p.name for p in snapshots.glob('checkpoint_*.pth'))
-      raise FileNotFoundError(f'No checkpoint {path}; {snapshots} holds '
-                              f'{", ".join(have) or "none"}. Pass one of their numbers, '
-                              "'latest', or the path of a checkpoint file.")
-    return path.resolve()
-  if text == 'latest':
-    snapshot = latest_checkpoint(snapshots)
-    meta = pathlib.Path(workdir) / 'checkpoints-meta' / 'checkpoint.pth'
-    found = [p for p in (snapshot, meta) if p is not None and p.is_file()]
-    if not found:
-      raise FileNotFoundError(f'No checkpoint in {snapshots} or {meta.parent}: train first, or '
-                              'pass --config.sample.ckpt=/path/to/checkpoint.pth.')
-    if len(found) == 2 and _stored_step(meta) <= _stored_step(snapshot):
-      found = [snapshot]
-    return found[-1].resolve()
-  path = pathlib.Path(text).expanduser()
-  if not path.is_file():
-    raise FileNotFoundError(f"config.sample.ckpt={text!r} is neither a snapshot number, 'latest', "
-                            f'nor a checkpoint file (there is no file {path.absolute()}).')
-  return path.resolve()
-
-
-def load_score_model(config, checkpoint, ema=True):
-  """The score network of `checkpoint` (ours or official), with its EMA weights unless `ema` is
-  False, in eval mode. Returns (model, step). A checkpoint of another config raises the
-  ValueError of `utils.check_state_dict_matches`, which names the configs it resembles."""
-  model = mutils.create_model(config)
-  state = dict(model=model, ema=ExponentialMovingAverage(model.parameters(), config.model.ema_rate),
-               step=0)
-  utils.restore_checkpoint(checkpoint, state, config.device)
-  if ema:
-    state['ema'].copy_to(model.parameters())
-  return model.eval(), int(state['step'])
 
 
 def build_sde(config):
@@ -147,7 +121,7 @@ def identity(config, checkpoint, step, task):
                sampler={k: v for k, v in config.sampling.to_dict().items() if k != 'progress'},
                sample=sample, model=config.model.to_dict(), data=data, seed=config.seed,
                sde=dict(name=config.training.sde, continuous=config.training.continuous))
-  return json.loads(json.dumps(run_config.jsonable(found)))
+  return as_json(found)
 
 
 def default_out(config, step, ident):
@@ -155,11 +129,6 @@ def default_out(config, step, ident):
   kind = config.sample.task if config.sample.task != 'generate' else config.sampling.method
   digest = hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
   return f'step{step}_{kind.lower()}_{digest}'
-
-
-def _read_json(path):
-  with open(path) as f:
-    return json.load(f)
 
 
 def open_folder(folder, ident):
@@ -180,24 +149,16 @@ def open_folder(folder, ident):
   meta_path = folder / 'meta.json'
   if not meta_path.exists():
     return {}
-  meta = _read_json(meta_path)
-  differ, details = run_config.differences({k: meta.get(k) for k in ident}, ident, limit=6)
-  if differ:
-    raise ValueError(f'{folder} holds images of another checkpoint, config or sampler ({details}). '
-                     'Images are not mixed: pass another --config.sample.out, or delete the '
-                     'folder to start it again.')
+  meta = read_json(meta_path)
+  refuse_other_run({k: meta.get(k) for k in ident}, ident,
+                   f'{folder} holds images of another checkpoint, config or sampler',
+                   'Images are not mixed: pass another --config.sample.out, or delete the folder '
+                   'to start it again.', limit=6)
   return meta
 
 
 def _png_path(folder, seed):
   return folder / 'images' / f'{seed:06d}.png'
-
-
-def write_png(path, image):
-  """Write a uint8 (H, W, C) image atomically (a file that exists is complete)."""
-  from PIL import Image
-  picture = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
-  utils.write_atomic(path, lambda tmp: picture.save(tmp, format='PNG'))
 
 
 def read_png(path, channels):
@@ -264,22 +225,24 @@ def _sample(config, workdir, seeds, checkpoint, rank, world):
     raise RuntimeError(f'The processes loaded different checkpoints ({sorted(set(loaded))}): one '
                        'was replaced while they read it. Pass config.sample.ckpt = a step number.')
   ident = identity(config, checkpoint, step, task)
-  folder = pathlib.Path(workdir) / 'generated' / (s.out or default_out(config, step, ident))
+  folder = pathlib.Path(Layout(str(workdir)).generated(s.out or default_out(config, step, ident)))
   meta = open_folder(folder, ident)
-  meta = dict(meta, **ident, seeds=[seeds[0], seeds[-1]], batch_size=s.batch_size,
+  ranges = seed_ranges(seeds)  # meta.json: [a, b] for one range, else the list of ranges
+  meta = dict(meta, **ident, seeds=ranges[0] if len(ranges) == 1 else ranges, batch_size=s.batch_size,
               world_size=world, batches=meta.get('batches', []),
               wall_time_s=meta.get('wall_time_s', 0.), versions=versions(config.device))
   pending = [k for k in seeds if not _png_path(folder, k).exists()]
   if world > 1:
     dist.barrier()  # every rank lists the pending seeds before any rank writes one
   if rank == 0:
-    utils.write_json_atomic(folder / 'meta.json', meta, indent=1)
-    logging.info('%s: %d images (seeds %d-%d, %d of them drawn before) from %s (step %d, %s '
+    write_json_atomic(folder / 'meta.json', meta, indent=1)
+    logging.info('%s: %d images (seeds %s, %d of them drawn before) from %s (step %d, %s '
                  'weights), %s, batches of %d, %d process(es), into %s', s.task, len(seeds),
-                 seeds[0], seeds[-1], len(seeds) - len(pending), checkpoint, step,
+                 ','.join(f'{a}-{b}' if b > a else str(a) for a, b in ranges),
+                 len(seeds) - len(pending), checkpoint, step,
                  'EMA' if s.ema else 'raw', task.describe(), s.batch_size, world, folder)
     if s.task == 'generate' and config.sampling.method.lower() == 'ode' and \
-        config.sampling.get('ode_method', 'RK45') in ('RK45', 'dopri5'):
+        config.sampling.ode_method in ('RK45', 'dopri5'):
       logging.warning('Adaptive ODE solvers choose one step sequence per batch: an image moves '
                       'with its batch-mates within the tolerances. A fixed-step ode_method '
                       'makes it independent of the batch.')
@@ -292,7 +255,7 @@ def _sample(config, workdir, seeds, checkpoint, rank, world):
     assemble(task, config, folder, seeds)
     meta.update(batches=meta['batches'] + records,
                 wall_time_s=round(meta['wall_time_s'] + time.time() - start, 3))
-    utils.write_json_atomic(folder / 'meta.json', meta, indent=1)
+    write_json_atomic(folder / 'meta.json', meta, indent=1)
     logging.info('Wrote %d images to %s', len(seeds), folder)
   return folder
 
@@ -318,7 +281,7 @@ def draw(task, model, config, folder, seeds, rank, meta=None):
                  len(batch), nfe, seconds)
     bar.update(len(batch))
     if meta is not None:
-      utils.write_json_atomic(folder / 'meta.json', dict(meta, batches=meta['batches'] + records),
+      write_json_atomic(folder / 'meta.json', dict(meta, batches=meta['batches'] + records),
                               indent=1)
   bar.close()
   return records

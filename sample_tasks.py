@@ -11,7 +11,6 @@ Image k of an inverse problem uses input image k mod the number of inputs, and t
 of image k its own generator, so that image k depends only on (config.seed, k).
 """
 import pathlib
-import re
 
 import torch
 
@@ -19,18 +18,13 @@ import controllable_generation as cg
 import datasets
 import precision
 import sampling
+from checkpoints import latest_checkpoint, load_classifier
 from datasets import to_uint8
+from models.utils import ScoreModel
 from seeds import INPUT_MASK, derive_seed
+from workdir import Layout
 
 MASKS = ('center', 'right', 'random')
-
-
-def latest_checkpoint(folder):
-  """The checkpoint_N.pth of `folder` with the largest N, or None."""
-  folder = pathlib.Path(folder)
-  found = [(int(m.group(1)), p) for p in folder.glob('checkpoint_*.pth')
-           if (m := re.fullmatch(r'checkpoint_(\d+)\.pth', p.name))] if folder.is_dir() else []
-  return max(found)[1] if found else None
 
 
 def make_mask(kind, shape, generator=None):
@@ -53,14 +47,11 @@ def _shape(config, batch):
   return (batch, config.data.num_channels, config.data.image_size, config.data.image_size)
 
 
-def _count_calls(model, run):
-  """run() and the number of forward passes of `model` it made."""
-  calls = [0]
-  handle = model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
-  try:
-    return run(), calls[0]
-  finally:
-    handle.remove()
+def _count_calls(task, model, run):
+  """run(score_model) with `model` as the task's sampler calls it (a `ScoreModel` over the
+  prepared network), and the number of network evaluations it made (the ScoreModel's count)."""
+  score_model = ScoreModel(task.sde, task.network(model), continuous=task.options['continuous'])
+  return run(score_model), score_model.nfe
 
 
 class Task:
@@ -99,7 +90,7 @@ class Generate(Task):
     if s.method == 'pc':
       return f'pc ({s.predictor} + {s.corrector}, {self.sde.N} steps)'
     if s.method == 'ode':
-      return f'ode ({s.get("ode_method", "RK45")})'
+      return f'ode ({s.ode_method})'
     return f'{s.method} ({s.num_steps} steps)'
 
 
@@ -137,9 +128,7 @@ class InputImages:
       transform = datasets.pil_transform(config.data.image_size, crop='square')
       self.images, self.source = datasets.ImageFolderFlat(path, transform), str(path)
     else:
-      build = datasets.DATASETS.get(config.data.dataset)
-      self.images = build(config, False, datasets.data_root(config),
-                          bool(config.data.get('download', False)))
+      self.images = datasets.split_images(config, False)
       self.source = f'{config.data.dataset} eval split'
     if len(self.images) == 0:
       raise FileNotFoundError(f'{self.source} holds no images.')
@@ -195,8 +184,8 @@ class Inpaint(_InverseProblem):
     device = self.config.device
     data = self.scaler(self.inputs.batch(seeds).to(device))
     mask = self._masks(seeds).to(device)
-    return _count_calls(model, lambda: self.inpainter(self.network(model), data, mask,
-                                                      generator=generators))
+    return _count_calls(self, model, lambda score_model: self.inpainter(
+      score_model, data, mask, generator=generators))
 
   def describe(self):
     return f'PC inpainting of {self.inputs.source}, mask {self.config.sample.mask}'
@@ -217,8 +206,8 @@ class Colorize(_InverseProblem):
 
   def draw(self, model, seeds, generators):
     gray = self.scaler(self.shown(self.inputs.batch(seeds), seeds).to(self.config.device))
-    return _count_calls(model, lambda: self.colorizer(self.network(model), gray,
-                                                      generator=generators))
+    return _count_calls(self, model, lambda score_model: self.colorizer(
+      score_model, gray, generator=generators))
 
   def describe(self):
     return f'PC colorization of {self.inputs.source}'
@@ -230,15 +219,14 @@ class Conditional(_Controllable):
 
   def __init__(self, config, workdir, sde, eps):
     super().__init__(config, workdir, sde, eps)
-    import classifier_lib
-    folder = pathlib.Path(workdir) / 'classifier' / 'checkpoints'
+    folder = pathlib.Path(Layout(str(workdir)).classifier.snapshots)
     path = config.sample.classifier_ckpt or latest_checkpoint(folder)
     if not path:
       raise FileNotFoundError(f'Conditional sampling needs a classifier, and {folder} holds none: '
                               'train one with --mode train_classifier, or pass '
                               '--config.sample.classifier_ckpt=/path/to/checkpoint.pth.')
     self.classifier_path = pathlib.Path(path).expanduser().resolve()
-    self.classifier = classifier_lib.load_classifier(config, self.classifier_path)
+    self.classifier = load_classifier(config, self.classifier_path)
     self.num_classes, label = self.classifier.num_classes, config.sample.class_label
     if not -1 <= label < self.num_classes:
       raise ValueError(f'config.sample.class_label is {label}; the classifier has '
@@ -250,9 +238,9 @@ class Conditional(_Controllable):
 
   def draw(self, model, seeds, generators):
     labels = torch.tensor(self.labels(seeds), device=self.config.device)
-    sampler = cg.get_pc_conditional_sampler(self.sde, self.network(model), self.classifier,
-                                            _shape(self.config, len(seeds)), **self.options)
-    return _count_calls(model, lambda: sampler(labels, generator=generators))
+    shape = _shape(self.config, len(seeds))
+    return _count_calls(self, model, lambda score_model: cg.get_pc_conditional_sampler(
+      self.sde, score_model, self.classifier, shape, **self.options)(labels, generator=generators))
 
   def settings(self):
     return dict(classifier_ckpt=str(self.classifier_path), num_classes=self.num_classes,

@@ -17,6 +17,8 @@ BITS_PER_DIM = 2 ** 40 + 6  # (checkpoint, batch): the likelihood's Hutchinson p
 SAMPLING_ROUND = 2 ** 40 + 7  # (checkpoint, round): an evaluation round's samples
 IMAGE = 2 ** 40 + 8  # (k,): image k of --mode sample
 INPUT_MASK = 2 ** 40 + 9  # (k,): the random mask of input image k (sample_tasks)
+SNAPSHOT_SAMPLES = 2 ** 40 + 10  # (step, rank): a rank's samples of a training snapshot
+CLASSIFIER_EVAL = 2 ** 40 + 11  # the classifier's test-accuracy noise, the same every evaluation
 
 
 def derive_seed(*parts):

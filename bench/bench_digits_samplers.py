@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 import datasets  # noqa: E402
 import digits_quality  # noqa: E402
-import sample_lib  # noqa: E402
+from checkpoints import load_score_model  # noqa: E402
 import sampling  # noqa: E402
 import sde_lib  # noqa: E402
 from configs import load_config  # noqa: E402
@@ -81,7 +81,7 @@ def main():
   config.device = torch.device('cpu')
   workdir = pathlib.Path(args.workdir)
   checkpoint = args.checkpoint or workdir / 'checkpoints-meta' / 'checkpoint.pth'
-  model, step = sample_lib.load_score_model(config, checkpoint)  # EMA weights, eval mode
+  model, step = load_score_model(config, checkpoint)  # EMA weights, eval mode
   features = digits_quality.DigitsFeatures.load()
   reference = digits_quality.reference_statistics(features)
   out_dir = workdir / 'bench_samplers'

@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 import precision  # noqa: E402
 import run_lib  # noqa: E402
+from checkpoints import build_state  # noqa: E402
 import sde_lib  # noqa: E402
 from configs import load_config  # noqa: E402
 
@@ -36,7 +37,7 @@ def time_steps(config_name, args, steps):
   config = configure(load_config(config_name), args)
   config.training.batch_size = batch_size = args.batch
   torch.manual_seed(0)
-  state = run_lib.build_state(config)
+  state = build_state(config)
   sde, _ = sde_lib.get_sde(config)
   grad_scaler = precision.grad_scaler(args.precision, config.device.type)
   generator = torch.Generator(device=config.device).manual_seed(0)

@@ -14,6 +14,8 @@ import difflib
 import importlib.util
 import pathlib
 
+import ml_collections
+
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent
 _DEFAULTS_PREFIX = 'default_'
 
@@ -95,5 +97,25 @@ def load_config(path_or_name):
   spec.loader.exec_module(module)
   for builder in ('get_config', 'get_default_configs'):
     if hasattr(module, builder):
-      return getattr(module, builder)()
+      return with_defaults(getattr(module, builder)())
   raise ValueError(f'{path} defines neither get_config() nor get_default_configs().')
+
+
+def _complete(config, defaults):
+  """Add to `config` (unlocked) every entry of `defaults` it lacks, recursively."""
+  for key, value in defaults.items():
+    if key not in config:
+      config[key] = value
+    elif isinstance(value, ml_collections.ConfigDict) and isinstance(config[key], ml_collections.ConfigDict):
+      _complete(config[key], value)
+
+
+def with_defaults(config):
+  """`config` completed with every key of the defaults (`default_cifar10_configs`, where each key
+  is defined and explained once) that it lacks: the one place a config missing newer keys (one of
+  score_sde_pytorch's configs, an older run's) gets them, so library code reads every key
+  directly. The entries it has are kept; a locked config stays locked. Returns `config`."""
+  from configs.default_cifar10_configs import get_default_configs
+  with config.unlocked():
+    _complete(config, get_default_configs())
+  return config

@@ -139,7 +139,7 @@ def get_default_configs():
   sample.ema = True                            # the EMA weights (False: the raw weights)
   sample.pc_steps = 0                          # PC steps of a continuous-time model; 0: its
                                                # model.num_scales (which stays as trained)
-  sample.seeds = ''                            # '' (0 .. num - 1) or an inclusive range 'a-b'
+  sample.seeds = ''                            # '' (0 .. num - 1) or seeds / ranges: '0,5,10-19'
   sample.out = ''                              # folder under WORKDIR/generated; '': from the
                                                # step, task / sampler and a hash of the settings
   sample.task = 'generate'                     # 'generate' | 'inpaint' | 'colorize' |

@@ -13,6 +13,7 @@ convs pad one pixel on both sides (PyTorch) rather than TF's 'SAME' (right/botto
 """
 import math
 
+import ml_collections
 import numpy as np
 import torch
 import torch.nn as nn
@@ -123,3 +124,40 @@ class WideResNet(nn.Module):
     h = F.relu(self.final_bn(h))
     return self.head(h.mean(dim=(2, 3)))
 
+
+# --- Building the classifier of a config -----------------------------------------------------
+
+def classifier_config(config):
+  """config.classifier with every key the defaults give it filled in, and its loop settings left
+  None taken from config.training (a new ConfigDict). A partial section (config.classifier =
+  dict(blocks_per_group=1)) keeps the other defaults; an unknown key is a ValueError."""
+  from configs.default_cifar10_configs import get_default_configs
+  defaults = get_default_configs().classifier.to_dict()
+  given = config.classifier
+  given = given.to_dict() if isinstance(given, ml_collections.ConfigDict) else dict(given or {})
+  unknown = sorted(set(given) - set(defaults))
+  if unknown:
+    raise ValueError(f'Unknown config.classifier keys {unknown}; known: '
+                     f'{", ".join(sorted(defaults))}.')
+  merged = dict(defaults, **given)
+  for key in ('n_iters', 'log_freq', 'eval_freq', 'snapshot_freq', 'snapshot_freq_for_preemption'):
+    if merged[key] is None:
+      merged[key] = config.training[key]
+  return ml_collections.ConfigDict(merged)
+
+
+ARCHITECTURE_KEYS = ('blocks_per_group', 'channel_multiplier', 'embedding_size', 'fourier_scale')
+
+
+def architecture(config):
+  """The classifier's constructor arguments under `config` (saved in its checkpoints)."""
+  cc = classifier_config(config)
+  arch = {k: cc[k] for k in ARCHITECTURE_KEYS}
+  arch.update(num_classes=config.data.get('num_classes', 10), num_channels=config.data.num_channels)
+  return arch
+
+
+def create_classifier(config, arch=None):
+  """The noise-conditional classifier of `config` (or of `arch`, see `architecture`) on
+  config.device."""
+  return WideResNet(**(arch or architecture(config))).to(config.device)

@@ -275,7 +275,7 @@ trained for a few hundred steps with the same code as
 asks for one class.'''),
   ('code', '''\
 import logging, tempfile
-import classifier_lib
+import checkpoints, classifier_lib
 
 clf_config = config.copy_and_resolve_references()
 clf_steps = 100 if QUICK else 500
@@ -286,7 +286,7 @@ clf_config.optim.warmup = 20
 start = time.time()
 with tempfile.TemporaryDirectory() as workdir:
   result = classifier_lib.train_classifier(clf_config, workdir)
-  classifier = classifier_lib.load_classifier(
+  classifier = checkpoints.load_classifier(
     clf_config, pathlib.Path(workdir) / 'classifier' / 'checkpoints' / 'checkpoint_1.pth')
   for handler in logging.getLogger().handlers[:]:  # close its log file before the folder goes
     if str(getattr(handler, 'baseFilename', '')).startswith(workdir):

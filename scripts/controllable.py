@@ -24,7 +24,8 @@ from absl import app, flags  # noqa: E402
 from ml_collections.config_flags import config_flags  # noqa: E402
 
 import sample_lib  # noqa: E402
-from sample_tasks import latest_checkpoint, make_mask  # noqa: E402,F401  (their old home)
+from checkpoints import latest_checkpoint, resolve_checkpoint  # noqa: E402
+from sample_tasks import make_mask  # noqa: E402,F401  (its old home)
 
 TASKS = ('inpaint', 'colorize', 'conditional')
 
@@ -94,7 +95,7 @@ def main(argv):
   if not (FLAGS.checkpoint or workdir):
     raise app.UsageError('No score checkpoint: pass --checkpoint, or a --workdir with '
                          'checkpoints/checkpoint_N.pth.')
-  checkpoint = FLAGS.checkpoint or sample_lib.resolve_checkpoint(workdir, 'latest')
+  checkpoint = FLAGS.checkpoint or resolve_checkpoint(workdir, 'latest')
   classifier_ckpt = FLAGS.classifier_checkpoint or (
     workdir and latest_checkpoint(os.path.join(workdir, 'classifier', 'checkpoints')))
   out = FLAGS.out or workdir or '.'

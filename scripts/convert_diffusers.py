@@ -43,7 +43,7 @@ def matching_configs(config):
 def folder_to_checkpoint(src, dst, device='cpu'):
   from losses import get_optimizer
   from models.ema import ExponentialMovingAverage
-  from utils import save_checkpoint
+  from checkpoints import save_checkpoint
   model, scheduler = diffusers_convert.load_pipeline_folder(src, device=device)
   config = model.config
   state = dict(model=model, ema=ExponentialMovingAverage(model.parameters(), config.model.ema_rate),
@@ -61,10 +61,13 @@ def folder_to_checkpoint(src, dst, device='cpu'):
 
 
 def checkpoint_to_folder(src, dst, config_name, use_ema=True, safe=True, device='cpu'):
+  import torch
+  from checkpoints import load_score_model
   from configs import load_config
   config = load_config(config_name)
   diffusers_convert.check_convertible(config)  # fail before reading a large file
-  model, step = diffusers_convert.load_checkpoint_model(config, src, use_ema=use_ema, device=device)
+  config.device = torch.device(device)
+  model, step = load_score_model(config, src, ema=use_ema)
   scheduler = diffusers_convert.scheduler_from_config(config)
   diffusers_convert.save_pipeline_folder(dst, model, scheduler, safe_serialization=safe)
   weights = 'EMA' if use_ema else 'raw'

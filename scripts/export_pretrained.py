@@ -36,12 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 import configs  # noqa: E402
 import pretrained  # noqa: E402
-import run_config  # noqa: E402
-import sample_lib  # noqa: E402
-from models.ema import ExponentialMovingAverage  # noqa: E402
-from models.utils import create_model  # noqa: E402
-from sample_tasks import latest_checkpoint  # noqa: E402
-import utils  # noqa: E402
+import workdir as workdir_lib  # noqa: E402
+from checkpoints import build_state, latest_checkpoint, load_score_model, restore_checkpoint  # noqa: E402
 
 # The config sections that shape a run's weights; within them run_lib's resumable changes
 # (n_iters, log and snapshot frequencies, ...) may differ.
@@ -53,18 +49,13 @@ def check_run_config(config, workdir):
   path = pathlib.Path(workdir) / 'config.json'
   if not path.is_file():
     raise FileNotFoundError(f'No {path}: not a training run of this repository.')
-  saved = run_config.flatten_config(json.loads(path.read_text()))
-  now = run_config.flatten_config(run_config.jsonable(config.to_dict()))
-  ignored = run_config.RESUMABLE_CHANGES
-  differ = sorted(
-    k for k in set(saved) | set(now)
-    if k.startswith(_WEIGHT_SECTIONS) and saved.get(k, '<absent>') != now.get(k, '<absent>')
-    and not any(k == p or (p.endswith('.') and k.startswith(p)) for p in ignored))
-  if differ:
-    details = '; '.join(f'{k}: {saved.get(k, "<absent>")!r} in the run, {now.get(k, "<absent>")!r} '
-                        'in the config' for k in differ[:8])
-    raise ValueError(f'{workdir} was trained with another config than the one given ({details}). '
-                     'Retrain with the current config (the shipped file must fit it).')
+  saved, now = (workdir_lib.flatten_config(tree) for tree in
+                (json.loads(path.read_text()), workdir_lib.jsonable(config.to_dict())))
+  weights = [{k: v for k, v in tree.items() if k.startswith(_WEIGHT_SECTIONS)} for tree in (saved, now)]
+  workdir_lib.refuse_other_run(*weights, f'{workdir} was trained with another config than the one '
+                               'given', 'Retrain with the current config (the shipped file must fit it).',
+                               allowed=workdir_lib.RESUMABLE_CHANGES,
+                               labels=('in the run', 'in the config'))
 
 
 def final_eval_loss(workdir, step):
@@ -107,9 +98,8 @@ def main(argv=None):
   if ckpt is None:
     raise FileNotFoundError(f'No checkpoints/checkpoint_N.pth in {args.workdir}: train first.')
 
-  model = create_model(config)
-  ema = ExponentialMovingAverage(model.parameters(), decay=config.model.ema_rate)
-  state = utils.restore_checkpoint(ckpt, dict(model=model, ema=ema, step=0), 'cpu')
+  state = restore_checkpoint(ckpt, build_state(config, optimizer=False), 'cpu')
+  model, ema = state['model'], state['ema']
   step = int(state['step'])
   loss_step, loss = final_eval_loss(args.workdir, step)
   written = datetime.datetime.fromtimestamp(ckpt.stat().st_mtime, datetime.timezone.utc)
@@ -121,14 +111,14 @@ def main(argv=None):
                      '--mode train',
           'source': os.path.relpath(ckpt, pathlib.Path(args.workdir).resolve().parent)}
   # 0644: a shipped file is for every user (the temporary file is created 0600).
-  utils.torch_save_atomic(release_state(model, ema, step, meta), args.out, mode=0o644)
+  workdir_lib.torch_save_atomic(release_state(model, ema, step, meta), args.out, mode=0o644)
   size = os.path.getsize(args.out)
   print(f'Wrote {args.out}: {size / 2 ** 20:.2f} MiB, step {step}, eval loss {loss} '
         f'(logged at step {loss_step}), from {ckpt}.')
 
   # The file as users load it, against the float32 EMA weights of the run.
   ema.copy_to(model.parameters())
-  shipped, _ = sample_lib.load_score_model(config, args.out)
+  shipped, _ = load_score_model(config, args.out)
   diff = pretrained.fingerprint(model.eval(), config, pool=1) - pretrained.fingerprint(
     shipped, config, pool=1)
   pooled = torch.nn.functional.avg_pool2d(diff, pretrained.FINGERPRINT['pool'])

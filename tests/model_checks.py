@@ -6,6 +6,7 @@ import ml_collections
 import torch
 
 import sde_lib
+from configs import with_defaults
 from conftest import FIXTURES, assert_close_scaled
 from models import utils as mutils
 
@@ -17,7 +18,8 @@ def load_parity(variant):
 def parity_config(fixture):
   config = ml_collections.ConfigDict(fixture['config'])
   config.device = 'cpu'
-  return config
+  # a reference config: completed with the keys added since, as every entry does
+  return with_defaults(config)
 
 
 def check_parity(variant):

@@ -1,11 +1,15 @@
 """The noise-conditional Wide-ResNet classifier and its training mode (`classifier_lib`)."""
 import json
 import os
+import signal
+import subprocess
 
 import pytest
 import torch
 
+import checkpoints
 import classifier_lib
+from models.wideresnet import classifier_config, create_classifier
 import sde_lib
 from configs import load_config
 from models.wideresnet import WideResNet
@@ -78,7 +82,7 @@ def test_classifier_config_rejects_unknown_keys():
   config = load_config('ve/digits_ncsnpp_continuous')
   config.classifier = {'channel_multipler': 2}
   with pytest.raises(ValueError, match='channel_multipler'):
-    classifier_lib.classifier_config(config)
+    classifier_config(config)
 
 
 def _digits_config():
@@ -110,7 +114,7 @@ def test_train_classifier_on_digits_beats_chance(tmp_path):
     assert os.path.exists(tmp_path / 'classifier' / name), name
   ckpt = torch.load(tmp_path / 'classifier/checkpoints/checkpoint_2.pth', weights_only=True)
   assert {'optimizer', 'model', 'ema', 'step'} <= set(ckpt) and ckpt['step'] == 121
-  classifier = classifier_lib.load_classifier(
+  classifier = checkpoints.load_classifier(
     config, tmp_path / 'classifier/checkpoints/checkpoint_2.pth')
   import datasets
   _, test_ds, _ = datasets.get_dataset(config, evaluation=True, with_labels=True)
@@ -164,5 +168,74 @@ def test_unlabelled_dataset_is_refused_with_the_reason(tmp_path, monkeypatch):
 
 def test_create_classifier_reads_the_config():
   config = _digits_config()
-  net = classifier_lib.create_classifier(config)
+  net = create_classifier(config)
   assert net.num_channels == 1 and len(net.blocks) == 3 and net.num_classes == 10
+
+
+def _resumable_config(n_iters=8):
+  """Tiny classifier training with a resume checkpoint every 2 steps and evaluations at 0, 3, 6
+  and the last step."""
+  config = _digits_config()
+  config.classifier.update(n_iters=n_iters, eval_freq=3, snapshot_freq=4,
+                           snapshot_freq_for_preemption=2, embedding_size=8)
+  return config
+
+
+def _resume_checkpoint(run):
+  return torch.load(run / 'classifier' / 'checkpoints-meta' / 'checkpoint.pth', weights_only=True)
+
+
+def _assert_identical(a, b, where='checkpoint'):
+  """Two checkpoints (nested dicts, lists, tensors, numbers) equal to the bit."""
+  if torch.is_tensor(a):
+    assert torch.is_tensor(b) and torch.equal(a, b), where
+  elif isinstance(a, dict):
+    assert a.keys() == b.keys(), where
+    for key in a:
+      _assert_identical(a[key], b[key], f'{where}.{key}')
+  elif isinstance(a, (list, tuple)):
+    assert len(a) == len(b), where
+    for i, (x, y) in enumerate(zip(a, b)):
+      _assert_identical(x, y, f'{where}[{i}]')
+  else:
+    assert a == b, where
+
+
+@pytest.mark.slow
+def test_sigkilled_classifier_resumes_to_the_uninterrupted_run(tmp_path):
+  """The classifier trains in the score model's loop (train_loop): killed mid-write of a resume
+  checkpoint and resumed, it ends with the weights, EMA, optimizer, RNG states and metrics of the
+  run that never stopped."""
+  from test_train import python_command
+  classifier_lib.train_classifier(_resumable_config(), str(tmp_path / 'whole'))
+  cmd, env = python_command('test_classifier, classifier_lib', 'classifier_lib.train_classifier('
+                            f'test_classifier._resumable_config(), {str(tmp_path / "killed")!r})',
+                            kill_at_meta_save=3)
+  proc = subprocess.run(cmd, env=env, capture_output=True, timeout=600)
+  assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+  assert _resume_checkpoint(tmp_path / 'killed')['step'] == 5  # after step 4; step 6's was cut
+  classifier_lib.train_classifier(_resumable_config(), str(tmp_path / 'killed'))
+  log = (tmp_path / 'killed' / 'classifier' / 'stdout.txt').read_text()
+  assert 'Starting classifier training loop at step 5' in log
+
+  whole, resumed = (_resume_checkpoint(tmp_path / run) for run in ('whole', 'killed'))
+  assert whole['step'] == resumed['step'] == 9
+  _assert_identical(whole, resumed)  # weights, EMA, optimizer and every RNG state
+  metrics = [json.loads((tmp_path / run / 'classifier' / 'metrics.json').read_text())
+             for run in ('whole', 'killed')]
+  assert metrics[0] == metrics[1] and [m['step'] for m in metrics[0]] == [0, 3, 6, 8]
+
+
+def test_classifier_checkpoint_with_the_noise_state_only_resumes(tmp_path):
+  """Checkpoints written before the shared loop hold the loss noise's state as 'noise_rng' and no
+  other RNG state; resuming one continues the noise (the classifier draws from nothing else)."""
+  classifier_lib.train_classifier(_resumable_config(6), str(tmp_path / 'a'))
+  classifier_lib.train_classifier(_resumable_config(3), str(tmp_path / 'b'))
+  path = tmp_path / 'b' / 'classifier' / 'checkpoints-meta' / 'checkpoint.pth'
+  old = _resume_checkpoint(tmp_path / 'b')
+  old['noise_rng'] = old.pop('rng')[0]['noise']
+  torch.save(old, path)
+  classifier_lib.train_classifier(_resumable_config(6), str(tmp_path / 'b'))
+  a, b = _resume_checkpoint(tmp_path / 'a'), _resume_checkpoint(tmp_path / 'b')
+  assert b['step'] == 7 and 'noise_rng' not in b
+  _assert_identical(a, b)

@@ -14,7 +14,7 @@ import torch
 from absl import flags
 from ml_collections import config_flags
 
-import run_config
+import workdir
 import sde_lib
 from configs import list_configs, load_config
 from conftest import FIXTURES, ROOT
@@ -31,7 +31,7 @@ NEW_KEYS = {'data.root': None, 'data.download': False, 'sampling.num_steps': 18,
             'sampling.dpm_schedule': 'logsnr', 'sampling.heun_schedule': 'edm',
             'sampling.heun_rho': 7., 'sampling.churn': 0., 'sampling.ode_method': 'RK45',
             'sampling.ode_rtol': 1e-5, 'sampling.ode_atol': 1e-5, 'sampling.ode_num_steps': 100,
-            # the noise-conditional classifier (classifier_lib.CLASSIFIER_DEFAULTS)
+            # the noise-conditional classifier (config.classifier of the defaults)
             'classifier.blocks_per_group': 4, 'classifier.channel_multiplier': 10,
             'classifier.embedding_size': 128, 'classifier.fourier_scale': 16.,
             'classifier.ema_rate': 0.999, 'classifier.n_iters': None, 'classifier.log_freq': None,
@@ -65,8 +65,8 @@ def _json(name):
 
 def _flatten(tree):
   """{'model': {'nf': 128}} -> {'model.nf': 128}, with tuples as lists (as config.json holds
-  them; `run_config`'s own conversion)."""
-  return run_config.flatten_config(run_config.jsonable(tree))
+  them; `workdir`'s own conversion)."""
+  return workdir.flatten_config(workdir.jsonable(tree))
 
 
 # --- Which configs exist, and how they load ---------------------------------------------------

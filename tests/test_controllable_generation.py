@@ -332,7 +332,7 @@ def test_script_writes_input_masked_output_grids(tmp_path):
   """scripts/controllable.py on a tiny (untrained) NCSN++ and classifier: every PNG, right size."""
   from PIL import Image
 
-  import classifier_lib
+  import checkpoints
   from configs import load_config
   from models import utils as mutils
   from models.ema import ExponentialMovingAverage
@@ -356,7 +356,7 @@ def test_script_writes_input_masked_output_grids(tmp_path):
                   dict(model=model, ema=ExponentialMovingAverage(model.parameters(), 0.999),
                        optimizer=torch.optim.Adam(model.parameters()), step=1))
   save_checkpoint(tmp_path / 'classifier' / 'checkpoints' / 'checkpoint_1.pth',
-                  classifier_lib.build_classifier_state(config))
+                  checkpoints.build_classifier_state(config))
   assert script.latest_checkpoint(tmp_path / 'checkpoints').name == 'checkpoint_1.pth'
 
   config.classifier = {}  # the architecture comes from the classifier checkpoint

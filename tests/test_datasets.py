@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import datasets
+from configs import with_defaults
 
 
 def _config(**data):
@@ -18,7 +19,7 @@ def _config(**data):
   config.data = dict(dataset='DIGITS', image_size=16, num_channels=1, random_flip=False,
                      centered=False, uniform_dequantization=False, root=None, download=False)
   config.data.update(data)
-  return config
+  return with_defaults(config)  # the entry that completes every config (main, load_config)
 
 
 def _take(iterator, n):
@@ -46,6 +47,16 @@ def test_evaluation_is_one_pass_without_flips():
   # The pass covers every test image once (in a shuffled order), unflipped.
   assert sorted(x.numpy().tobytes() for x in seen) == sorted(
     x.numpy().tobytes() for x in eval_ds.dataset.images)
+
+
+def test_split_images_is_the_split_get_dataset_reads():
+  config = _config()
+  _, eval_ds, train_set = datasets.get_dataset(config)
+  for train, expected in ((True, train_set), (False, eval_ds.dataset)):
+    images = datasets.split_images(config, train)
+    assert isinstance(images, datasets.InMemoryImages)
+    torch.testing.assert_close(images.images, expected.images)
+    torch.testing.assert_close(images.labels, expected.labels)
 
 
 def test_labels_on_request():

@@ -1,7 +1,6 @@
 """diffusers_convert.py and scripts/convert_diffusers.py: NCSN++ <-> diffusers UNet2DModel and
 pipeline folders, both ways, exact; which configs convert; clear errors for the rest."""
 import json
-import math
 import os
 import shutil
 import sys
@@ -15,6 +14,7 @@ from configs import load_config
 from conftest import FIXTURES, ROOT
 from models.ema import ExponentialMovingAverage
 from models.utils import create_model
+from test_pipelines import TINY_UNET  # the smallest exact NCSN++ of diffusers' kind
 
 sys.path.insert(0, str(ROOT / 'scripts'))
 import convert_diffusers  # noqa: E402
@@ -22,13 +22,6 @@ import convert_diffusers  # noqa: E402
 CONVERTIBLE = ['ve/bedroom_ncsnpp_continuous', 've/celebahq_256_ncsnpp_continuous',
                've/celebahq_ncsnpp_continuous', 've/church_ncsnpp_continuous',
                've/ffhq_256_ncsnpp_continuous', 've/ffhq_ncsnpp_continuous']
-# The smallest exact NCSN++ of diffusers' kind: attention levels need >= 128 channels.
-TINY_UNET = dict(sample_size=8, block_out_channels=[32, 128], layers_per_block=1,
-                 down_block_types=['SkipDownBlock2D', 'AttnSkipDownBlock2D'],
-                 up_block_types=['AttnSkipUpBlock2D', 'SkipUpBlock2D'],
-                 time_embedding_type='fourier', mid_block_scale_factor=math.sqrt(2.),
-                 norm_eps=1e-6, norm_num_groups=None, attention_head_dim=None,
-                 center_input_sample=True)
 SHRUNK_CONFIG = '''from configs import load_config
 
 
@@ -364,3 +357,23 @@ print(pipe(num_inference_steps=1, output_type='np').images.shape)
   result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr
   assert result.stdout.strip() == '(1, 8, 8, 3)'
+
+
+def test_conversion_and_scheduler_modules_do_not_import_pipelines():
+  """The scheduler has its own module: diffusers_convert uses it without importing pipelines (no
+  import circle), and pipelines re-exports it."""
+  import subprocess
+  code = (f'import sys; sys.path.insert(0, {str(ROOT)!r})\n'
+          'import diffusers_convert, diffusers_configs, score_sde_ve_scheduler\n'
+          'print("pipelines" in sys.modules)\n')
+  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.strip() == 'False'
+  import score_sde_ve_scheduler as ssv
+  for name in ('ScoreSdeVeScheduler', 'FrozenConfig', 'SchedulerOutput', 'SdeVeOutput', '_Output'):
+    assert getattr(pipelines, name) is getattr(ssv, name)
+  assert pipelines._diffusers_format_version is ssv.diffusers_format_version
+  import diffusers_configs
+  for name in ('check_convertible', 'conversion_problems', 'ncsnpp_config', 'scheduler_from_config',
+               'unet_config'):
+    assert getattr(dc, name) is getattr(diffusers_configs, name)

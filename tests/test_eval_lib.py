@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoints
 import datasets
 import eval_lib
 import evaluation
@@ -19,6 +20,7 @@ import run_lib
 import sampling
 import utils
 from configs import load_config
+from workdir import Layout
 from test_evaluation import save_stand_in
 
 
@@ -59,11 +61,11 @@ def few_digits(monkeypatch):
 
 def write_checkpoint(config, workdir, ckpt=1):
   torch.manual_seed(0)
-  state = run_lib.build_state(config)
+  state = checkpoints.build_state(config)
   with torch.no_grad():  # move the EMA away from the initial weights (init_scale=0 zeroes layers)
     for p in state['ema'].shadow_params:
       p.add_(1e-3 * torch.randn_like(p))
-  utils.save_checkpoint(eval_lib.checkpoint_path(workdir, ckpt), state)
+  checkpoints.save_checkpoint(Layout(str(workdir)).snapshot(ckpt), state)
 
 
 def _counting(monkeypatch, module, name):

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from ml_collections import ConfigDict
 
 import evaluation
+from configs import with_defaults
 
 
 def _random_spd(rng, dim, scale=1.):
@@ -240,8 +241,8 @@ def test_stats_files_of_all_three_origins(tmp_path):
 
 
 def test_stats_file_names_follow_the_reference():
-  config = ConfigDict({'data': {'dataset': 'LSUN', 'category': 'church_outdoor', 'image_size': 256},
-                       'eval': {}})
+  config = with_defaults(ConfigDict({'data': {'dataset': 'LSUN', 'category': 'church_outdoor',
+                                              'image_size': 256}, 'eval': {}}))
   assert evaluation.stats_file(config).name == 'lsun_church_outdoor_256_stats.npz'
   config.data.dataset = 'CIFAR10'
   assert evaluation.stats_file(config).parts[-3:] == ('assets', 'stats', 'cifar10_stats.npz')
@@ -269,6 +270,6 @@ def test_offline_without_weights_names_the_file_and_where_to_put_it(tmp_path, mo
     evaluation.load_inception()
   # ... and is what gets loaded when it does.
   monkeypatch.setenv(evaluation.INCEPTION_ENV, str(save_stand_in(tmp_path / 'standin.pt')))
-  config = ConfigDict({'device': 'cpu', 'eval': {'inception_mode': 'clean'}})
+  config = with_defaults(ConfigDict({'device': 'cpu', 'eval': {'inception_mode': 'clean'}}))
   model = evaluation.get_inception_model(config)
   assert model.mode == 'clean' and model.net.output.weight.shape == (12, 16)

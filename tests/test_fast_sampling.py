@@ -238,8 +238,11 @@ def test_bad_options_raise_clear_errors():
 @pytest.mark.parametrize('method,expected_nfe', [('heun', 5), ('dpm_solver', 3)])
 def test_tiny_ncsnpp_through_get_sampling_fn(method, expected_nfe):
   import sampling
+  from configs import with_defaults
   from test_sampling import tiny_ncsnpp
   config, model = tiny_ncsnpp()
+  with_defaults(config)  # the fixture's config predates some keys library code reads
+  config.sampling.progress = False
   config.sampling.method = method
   config.sampling.num_steps = 3
   config.sampling.order = 3
@@ -263,8 +266,10 @@ def test_heun_ladder_from_config():
   sde, eps, mixture, score_fn = _setup('ve')
   model = ExactScoreModel(sde, mixture, continuous=True)
   z = sde.prior_sampling((8,) + EVENT, generator=torch.Generator().manual_seed(6))
-  config = ml_collections.ConfigDict({'training': {'continuous': True}, 'device': 'cpu',
-                                      'sampling': {'method': 'heun', 'num_steps': 6}})
+  from configs import with_defaults
+  config = with_defaults(ml_collections.ConfigDict({
+    'training': {'continuous': True}, 'device': 'cpu',
+    'sampling': {'method': 'heun', 'num_steps': 6, 'progress': False}}))
   outs = {}
   for schedule, rho in (('edm', 7.), ('edm', 3.), ('logsnr', 7.)):
     config.sampling.heun_schedule, config.sampling.heun_rho = schedule, rho

@@ -18,6 +18,7 @@ import torch
 import losses
 import sde_lib
 import utils
+from configs import with_defaults
 from models import ema as ema_module
 from models.ema import ExponentialMovingAverage
 
@@ -172,7 +173,7 @@ def _optim_config(warmup=10, grad_clip=1.):
   config = ml_collections.ConfigDict()
   config.optim = dict(optimizer='Adam', lr=1e-2, beta1=0.9, eps=1e-8, weight_decay=0.,
                       warmup=warmup, grad_clip=grad_clip)
-  return config
+  return with_defaults(config)  # the entry that completes every config (main, load_config)
 
 
 def test_warmup_lr_is_linear_and_a_python_float():

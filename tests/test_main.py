@@ -29,7 +29,7 @@ def test_missing_config_is_named(tmp_path):
 
 def test_mode_table_and_lazy_eval_import():
   code = ('import sys, main, run_lib; print(sorted(main.MODES)); '
-          'print("eval_lib" in sys.modules, callable(run_lib.evaluate))')
+          'print("eval_lib" in sys.modules, callable(run_lib.train))')
   out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
                        timeout=300, check=True).stdout.split('\n')
   assert {'train', 'eval'} <= set(eval(out[0]))
@@ -67,3 +67,22 @@ def test_sample_through_the_command_line_from_an_official_checkpoint(tmp_path):
   assert meta['seeds'] == [3, 5] and meta['checkpoint'] == {'path': str(ckpt), 'step': 3}
   assert [b['nfe'] for b in meta['batches']] == [3]  # Heun: 2 levels, then the Euler step to 0
   assert 'generate: 3 images (seeds 3-5' in result.stderr
+
+
+FIXTURE_CKPT = ROOT / 'tests' / 'fixtures' / 'checkpoints' / 've_ncsnpp_small_checkpoint.pth'
+
+
+@pytest.mark.parametrize('overrides, message', [
+  ((f'--config.sample.ckpt={FIXTURE_CKPT}', '--config.sampling.method=nope'),
+   "ValueError: Unknown sampler 'nope'"),
+  (('--config.sample.seeds=9-3',), "ValueError: config.sample.seeds='9-3' does not parse"),
+  (('--config.sample.ckpt=7',), 'FileNotFoundError: No checkpoint'),
+])
+def test_a_usage_error_ends_with_its_message_not_a_traceback(tmp_path, overrides, message):
+  result = _main(f'--config={CONFIG}', f'--workdir={tmp_path}', '--mode=sample', *overrides)
+  assert result.returncode == 1, result.stderr[-2000:]
+  assert message in result.stderr and 'Traceback' not in result.stderr, result.stderr[-2000:]
+  assert '--traceback' in result.stderr
+  shown = _main(f'--config={CONFIG}', f'--workdir={tmp_path}', '--mode=sample', *overrides,
+                '--traceback')
+  assert shown.returncode != 0 and 'Traceback' in shown.stderr and message.split(': ')[1] in shown.stderr

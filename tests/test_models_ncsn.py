@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from conftest import FIXTURES, assert_close_scaled
 from configs import load_config
 from models import ncsn_layers, ncsnv2, normalization
+from configs import with_defaults
 from models import utils as mutils
 from models.ema import ExponentialMovingAverage
 import sde_lib
@@ -27,6 +28,7 @@ def test_ncsnv2_parity_fixture():
   fx = torch.load(FIXTURES / 'parity' / 've__ncsnv2__cifar10.pt', weights_only=True)
   config = ml_collections.ConfigDict(fx['config'])
   config.device = 'cpu'
+  config = with_defaults(config)  # a reference config: completed with the keys added since
   model = mutils.create_model(config)
   model.load_state_dict(fx['state_dict'], strict=True)
   model.eval()
@@ -72,7 +74,8 @@ def _small_config(name, image_size=16, nf=8, num_scales=6, centered=False):
     name=name, nf=nf, num_scales=num_scales, sigma_min=0.01, sigma_max=50.,
     normalization='InstanceNorm++', nonlinearity='elu', interpolation='bilinear',
     scale_by_sigma=name != 'ncsn'))
-  return config
+  # a reference config: completed with the keys added since, as every entry does
+  return with_defaults(config)
 
 
 def _build(config, seed=0):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import pretrained
-import run_config
+import workdir as workdir_lib
 import utils
 from conftest import FIXTURES, ROOT
 from configs import load_config
@@ -116,7 +116,7 @@ def test_export_script(tmp_path, capsys):
   config.device = torch.device('cpu')
   workdir = tmp_path / 'run'
   workdir.mkdir()
-  run_config.check_and_save_config(config, str(workdir))
+  workdir_lib.check_and_save_config(config, str(workdir))
   torch.manual_seed(0)
   model = create_model(config)
   ema = ExponentialMovingAverage(model.parameters(), decay=config.model.ema_rate)

@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+import checkpoints
 import run_lib
 import sample_lib
 import sample_tasks
@@ -97,6 +98,31 @@ def test_seeds_parse():
     sample_lib.parse_seeds('', 0)
 
 
+def test_seeds_parse_edm_lists():
+  """EDM's --seeds: comma-separated seeds and inclusive ranges, in the order given."""
+  assert sample_lib.parse_seeds('0,5,10-12', 64) == [0, 5, 10, 11, 12]
+  assert sample_lib.parse_seeds(' 3 , 1-2 ', 0) == [3, 1, 2]
+  assert sample_lib.parse_seeds('7', 64) == [7]
+  assert sample_lib.parse_seeds('0,2-2', 64) == [0, 2]
+
+
+@pytest.mark.parametrize('text, part', [
+  ('0,x', 'x'), ('1,,2', ''), ('1,', ''), ('0,9-5', '9-5'), ('2,-3', '-3'), ('0,1-2-3', '1-2-3'),
+])
+def test_seeds_parse_names_the_bad_part_and_the_forms(text, part):
+  with pytest.raises(ValueError) as info:
+    sample_lib.parse_seeds(text, 64)
+  message = str(info.value)
+  assert f"seeds={text!r} does not parse at {part!r}:" in message
+  assert "'a-b'" in message and "'0,5,10-19'" in message and "''" in message
+
+
+def test_seeds_parse_refuses_a_seed_listed_twice():
+  """Two processes would draw and write the same PNG."""
+  with pytest.raises(ValueError, match=re.escape("lists seed(s) [3, 4] more than once")):
+    sample_lib.parse_seeds('0-4,3-5', 64)
+
+
 def test_image_generators_hash_the_config_seed_and_the_image():
   from seeds import IMAGE, derive_seed
   gens = sample_lib.image_generators(42, [0, 5], 'cpu')
@@ -106,7 +132,7 @@ def test_image_generators_hash_the_config_seed_and_the_image():
 
 
 def test_checkpoint_resolution(trained, tmp_path):
-  resolve = sample_lib.resolve_checkpoint
+  resolve = checkpoints.resolve_checkpoint
   assert resolve(trained, '1') == pathlib.Path(_ckpt(trained, 1))
   # the snapshot and the resume checkpoint both hold step 101: the named snapshot wins
   assert resolve(trained, 'latest') == pathlib.Path(_ckpt(trained, 2))
@@ -174,7 +200,7 @@ def test_grid_is_torchvision_make_grid(tmp_path):
 def _float_samples(trained, batch_size, seeds, **overrides):
   config = tiny_config(**overrides)
   sde, eps = sample_lib.build_sde(config)
-  model, _ = sample_lib.load_score_model(config, _ckpt(trained))
+  model, _ = checkpoints.load_score_model(config, _ckpt(trained))
   task = sample_tasks.Generate(config, str(trained), sde, eps)
   parts = []
   for i in range(0, len(seeds), batch_size):
@@ -372,7 +398,7 @@ def test_colorization_keeps_the_gray_level(tmp_path):
   assert (gray[..., 0] == gray[..., 1]).all() and gray.std() > 10
   # In floats the channel mean of each output is its input's gray level; the colours differ.
   sde, eps = sample_lib.build_sde(config)
-  model, _ = sample_lib.load_score_model(config, config.sample.ckpt)
+  model, _ = checkpoints.load_score_model(config, config.sample.ckpt)
   task = sample_tasks.Colorize(config, str(tmp_path), sde, eps)
   x, nfe = task.draw(model, [0, 1], sample_lib.image_generators(42, [0, 1], 'cpu'))
   given = task.inputs.batch([0, 1]).mean(1)
@@ -381,13 +407,12 @@ def test_colorization_keeps_the_gray_level(tmp_path):
 
 
 def test_conditional_sampling_cycles_the_classes(trained, tmp_path):
-  import classifier_lib
   from utils import save_checkpoint
   config = tiny_config()
   config.classifier = dict(blocks_per_group=1, channel_multiplier=1, embedding_size=8)
   torch.manual_seed(0)
   save_checkpoint(tmp_path / 'classifier' / 'checkpoints' / 'checkpoint_3.pth',
-                  classifier_lib.build_classifier_state(config))
+                  checkpoints.build_classifier_state(config))
   common = dict(sample__ckpt=_ckpt(trained), sample__task='conditional', sample__num=5)
   cycled = _samples(_run(tmp_path, **common))
   three = _run(tmp_path, sample__class_label=3, **common)
@@ -490,3 +515,12 @@ def test_a_folder_of_an_older_seed_scheme_is_not_extended(trained):
     (folder / 'meta.json').write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=f'seed_scheme: {old} there, {SCHEME} now'):
       _run(trained, sample__out='old_scheme', sample__num=4)
+
+
+def test_seed_ranges_record_lists_without_losing_seeds():
+  """meta.json records the seeds as inclusive ranges: one range stays [a, b], a list keeps every
+  seed in its order."""
+  assert sample_lib.seed_ranges(sample_lib.parse_seeds('0-9', 0)) == [[0, 9]]
+  ranges = sample_lib.seed_ranges(sample_lib.parse_seeds('7,0,5,10-12,13', 0))
+  assert ranges == [[7, 7], [0, 0], [5, 5], [10, 13]]
+  assert [k for a, b in ranges for k in range(a, b + 1)] == [7, 0, 5, 10, 11, 12, 13]

@@ -17,6 +17,7 @@ import torch
 
 import sampling
 import sde_lib
+from configs import with_defaults
 from conftest import FIXTURES
 from gaussian_score import ExactScoreModel, GaussianMixture
 
@@ -369,10 +370,12 @@ def test_unknown_names_are_clear():
 
 
 def _sampling_config(method, **sampling_kw):
-  return ml_collections.ConfigDict({
+  from configs import with_defaults  # library code reads every key the defaults define
+  return with_defaults(ml_collections.ConfigDict({
     'device': 'cpu', 'training': {'continuous': True},
     'sampling': dict(method=method, predictor='reverse_diffusion', corrector='langevin', snr=0.16,
-                     n_steps_each=1, probability_flow=False, noise_removal=True, **sampling_kw)})
+                     n_steps_each=1, probability_flow=False, noise_removal=True, progress=False,
+                     **sampling_kw)}))
 
 
 def test_get_sampling_fn_builds_the_configured_sampler():
@@ -402,7 +405,8 @@ def tiny_ncsnpp_config():
   config.model.nf = 8
   config.data.image_size = 8
   config.device = 'cpu'
-  return config
+  # a reference config: completed with the keys added since, as every entry does
+  return with_defaults(config)
 
 
 def tiny_ncsnpp():

@@ -8,7 +8,6 @@ import pathlib
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -16,9 +15,11 @@ import torch
 import torch.nn as nn
 
 import losses
-import run_config
+import checkpoints
+import workdir
 import run_lib
 import sde_lib
+import train_loop
 from configs import load_config
 from models import utils as mutils
 
@@ -107,7 +108,7 @@ def test_loss_falls_and_workdir_layout(tmp_path):
                                        'training.batch_size': 16, 'model.dropout': 0.,
                                        'training.snapshot_freq_for_preemption': 100})
   torch.manual_seed(config.seed)
-  before = _eval_loss(config, run_lib.build_state(config))
+  before = _eval_loss(config, checkpoints.build_state(config))
   state = run_lib.train(config, str(tmp_path))
   after = _eval_loss(config, state)
   print(f'eval loss before {before:.3f}, after 300 steps {after:.3f}')
@@ -139,8 +140,8 @@ def test_loss_falls_and_workdir_layout(tmp_path):
 # Child-side patch for the kill test: the k-th preemption checkpoint starts its write, then the
 # process SIGKILLs itself mid-write (deterministic, unlike a timed kill from outside).
 _KILL_DURING_SAVE = """
-import os, signal, torch
-_real_save, _meta_saves = run_lib.save_checkpoint, []
+import os, signal, torch, train_loop
+_real_save, _meta_saves = train_loop.save_checkpoint, []
 def _save_then_die(path, state):
   if 'checkpoints-meta' in str(path):
     _meta_saves.append(path)
@@ -151,17 +152,25 @@ def _save_then_die(path, state):
         os.kill(os.getpid(), signal.SIGKILL)
       torch.save = _cut_short
   _real_save(path, state)
-run_lib.save_checkpoint = _save_then_die
+train_loop.save_checkpoint = _save_then_die
 """
 
 
-def _train_command(workdir, n_iters, kill_at_meta_save=None, **overrides):
-  code = (f'import sys; sys.path[:0] = [{str(ROOT)!r}, {str(TESTS)!r}]\nimport test_train, run_lib\n')
+def python_command(imports, call, kill_at_meta_save=None):
+  """(argv, env) of a child process that imports `imports` (modules of the repo or of tests/)
+  and runs `call`; with `kill_at_meta_save` = k it SIGKILLs itself during its k-th write of a
+  resume checkpoint (checkpoints-meta/), which train_loop makes for every trainer."""
+  code = f'import sys; sys.path[:0] = [{str(ROOT)!r}, {str(TESTS)!r}]\nimport {imports}\n'
   if kill_at_meta_save:
     code += _KILL_DURING_SAVE.format(k=kill_at_meta_save)
-  code += f'run_lib.train(test_train.tiny_config({n_iters}, **{overrides!r}), {str(workdir)!r})\n'
+  code += call + '\n'
   env = dict(os.environ, OMP_NUM_THREADS='1', WORLD_SIZE='1')
   return [sys.executable, '-c', code], env
+
+
+def _train_command(workdir, n_iters, kill_at_meta_save=None, **overrides):
+  return python_command('test_train, run_lib', f'run_lib.train(test_train.tiny_config('
+                        f'{n_iters}, **{overrides!r}), {str(workdir)!r})', kill_at_meta_save)
 
 
 @pytest.mark.slow
@@ -206,6 +215,24 @@ def test_sigkill_and_resume_gives_the_uninterrupted_weights(tmp_path, precision,
     assert whole['grad_scaler']['scale'] < 65536 and whole['grad_scaler']['_growth_tracker'] > 0
 
 
+def test_snapshot_samples_are_written_atomically(tmp_path, monkeypatch):
+  """A snapshot sample whose write fails (a full disk, a kill) is absent, not truncated, and
+  leaves no temporary file beside the complete ones."""
+  def fail_midway(f, array, *args, **kwargs):
+    f.write(b'\x93NUMPY partial')
+    raise OSError('No space left on device')
+
+  monkeypatch.setattr(np, 'save', fail_midway)
+  config = tiny_config(2, **{'training.snapshot_freq': 2, 'training.snapshot_sampling': True})
+  with pytest.raises(OSError, match='No space left'):
+    run_lib.train(config, str(tmp_path))
+  folder = tmp_path / 'samples' / 'iter_2'
+  assert os.listdir(folder) == ['sample.png']
+  from PIL import Image
+  with Image.open(folder / 'sample.png') as image:
+    image.verify()  # complete
+
+
 def _ddp_worker(rank, world, workdir, port):
   os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank),
                     WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
@@ -226,7 +253,7 @@ def test_two_process_ddp_matches_one_process(tmp_path):
   assert ddp['step'] == one['step'] == 7 and len(ddp['rng']) == 2
   for key, value in one['model'].items():
     torch.testing.assert_close(ddp['model'][key], value, rtol=1e-5, atol=1e-6, msg=key)
-  init = run_lib.build_state(tiny_config())['model'].state_dict()
+  init = checkpoints.build_state(tiny_config())['model'].state_dict()
   moved = max((one['model']['module.' + k] - v).abs().max().item() for k, v in init.items())
   assert moved > 1e-3  # the comparison is between trained weights, not two copies of the init
 
@@ -271,7 +298,7 @@ def test_resuming_may_change_compilation_but_not_precision(tmp_path):
     run_lib.train(tiny_config(2, **{'model.channels_last': True}), str(tmp_path))
   # A run written before these keys existed resumes: absent keys read as their old value.
   saved = json.loads((tmp_path / 'config.json').read_text())
-  for section, key in [k.split('.') for k in run_config.ADDED_KEYS]:
+  for section, key in [k.split('.') for k in workdir.ADDED_KEYS]:
     del saved[section][key]
   (tmp_path / 'config.json').write_text(json.dumps(saved))
   run_lib.check_and_save_config(tiny_config(2, **{'training.compile': True}), str(tmp_path))
@@ -334,7 +361,7 @@ def test_training_noise_is_not_any_ranks_dropout_stream():
   """The loss noise generator is seeded apart from torch's global RNG, which dropout draws
   from (config.seed + rank): with one seed, two CUDA Philox generators give the same bits."""
   config = tiny_config()
-  noise = torch.rand(64, generator=run_lib.training_noise_generator(config))
+  noise = torch.rand(64, generator=train_loop.training_noise_generator(config))
   for rank in range(4):
     torch.manual_seed(config.seed + rank)
     assert not torch.equal(noise, torch.rand(64))

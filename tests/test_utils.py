@@ -6,7 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+import checkpoints
 import utils
+import workdir
+from configs import with_defaults
 from conftest import FIXTURES, assert_close_scaled
 from models.ema import ExponentialMovingAverage
 
@@ -172,7 +175,7 @@ def test_mismatch_error_guesses_the_reference_config():
   spec = json.loads((FIXTURES / 'state_dicts' / 've__cifar10_ncsnpp_continuous.json').read_text())
   fake = {k: torch.empty(shape, device='meta') for k, shape in spec['keys']}
   with pytest.raises(ValueError, match='ve/cifar10_ncsnpp_continuous'):
-    utils.check_state_dict_matches(TinyNet(), fake)
+    checkpoints.check_state_dict_matches(TinyNet(), fake)
 
 
 def _reference_state(config):
@@ -190,7 +193,7 @@ def test_official_checkpoint_restores_and_scores_match():
   from models import utils as mutils
   expected = torch.load(FIXTURES / 'checkpoints' / 've_ncsnpp_small_checkpoint_expected.pt',
                         weights_only=True)
-  config = ml_collections.ConfigDict(expected['config'])
+  config = with_defaults(ml_collections.ConfigDict(expected['config']))
   config.device = torch.device('cpu')
   state = _reference_state(config)
   utils.restore_checkpoint(FIXTURES / 'checkpoints' / 've_ncsnpp_small_checkpoint.pth', state,
@@ -207,7 +210,7 @@ def test_official_checkpoint_restores_and_scores_match():
 def test_write_atomic_keeps_the_previous_file_when_the_writer_fails(tmp_path):
   """The one rename-into-place writer behind the JSON, npz, PNG and safetensors files."""
   path = tmp_path / 'report.json'
-  utils.write_json_atomic(path, {'fid': 3.0})
+  workdir.write_json_atomic(path, {'fid': 3.0})
 
   def half_written(tmp):
     with open(tmp, 'w') as f:
@@ -215,6 +218,6 @@ def test_write_atomic_keeps_the_previous_file_when_the_writer_fails(tmp_path):
     raise OSError('disk full')
 
   with pytest.raises(OSError, match='disk full'):
-    utils.write_atomic(path, half_written)
+    workdir.write_atomic(path, half_written)
   assert json.loads(path.read_text()) == {'fid': 3.0}
   assert sorted(p.name for p in tmp_path.iterdir()) == ['report.json']  # no temporary left

@@ -2,8 +2,27 @@
 
 Not a config (`list_configs` skips files whose names start with '_'): vp/ddpm/cifar10 and
 vp/ddpm/bedroom (and the configs built on them) start from it, each on its own dataset's
-defaults, which is why it is a function of those defaults rather than a config.
+defaults, which is why it is a function of those defaults rather than a config. Its VP training
+and sampling recipe (`set_vp`) is DDPM++'s too (vp/cifar10_ddpmpp_continuous).
 """
+
+
+def set_vp(config, *, continuous, predictor):
+  """Sets on `config` the VP SDE as DDPM and DDPM++ train and sample it: `continuous` time (else
+  N discrete steps), a per-pixel mean loss, data in [-1, 1], and the PC sampler's `predictor`
+  without a corrector. Returns `config`."""
+  training = config.training
+  training.sde = 'vpsde'
+  training.continuous = continuous
+  training.reduce_mean = True
+
+  sampling = config.sampling
+  sampling.method = 'pc'
+  sampling.predictor = predictor
+  sampling.corrector = 'none'
+
+  config.data.centered = True
+  return config
 
 
 def set_ddpm(config):
@@ -12,17 +31,7 @@ def set_ddpm(config):
   ch_mult (1, 2, 2, 2), two res-blocks per level, attention at 16x16, EMA 0.9999).
   Returns `config`.
   """
-  training = config.training
-  training.sde = 'vpsde'
-  training.continuous = False
-  training.reduce_mean = True
-
-  sampling = config.sampling
-  sampling.method = 'pc'
-  sampling.predictor = 'ancestral_sampling'
-  sampling.corrector = 'none'
-
-  config.data.centered = True
+  set_vp(config, continuous=False, predictor='ancestral_sampling')
 
   model = config.model
   model.name = 'ddpm'

@@ -1,0 +1,374 @@
+"""The training loop of every model the project trains: the score model (`run_lib.train`) and the
+noise-conditional classifier (`classifier_lib.train_classifier`) each plug a `Trainer` into `run`.
+
+The loop owns the run's scaffolding: the workdir (`workdir.Layout`) and its log file stdout.txt,
+seeding, resuming with every RNG state (per rank: torch, CUDA, numpy, Python and the loss-noise
+generator), the steps with lazily read losses and a stop at the first non-finite one, logging every
+log_freq steps (log file, TensorBoard, tqdm), evaluations every eval_freq steps, snapshots every
+snapshot_freq steps and at the last one, and the resume checkpoint every
+snapshot_freq_for_preemption steps and at the last one. A trainer supplies what differs: its state,
+data and step, its evaluation, what a snapshot writes besides the checkpoint, its `Schedule`.
+
+Step s trains on global batch s. The checkpoints of step s are written after the rest of the step
+(with state['step'] = s + 1, the steps done), so a resumed run replays nothing and continues
+exactly as if it had not stopped. Under `torchrun` the loop wraps the model in
+DistributedDataParallel; rank 0 logs and writes.
+"""
+import dataclasses
+import logging
+import math
+import os
+import random
+import time
+
+import numpy as np
+import torch
+
+from checkpoints import restore_checkpoint, save_checkpoint
+from distributed import gather_objects, global_mean, process_group
+from seeds import TRAINING_NOISE, derive_seed
+
+# --- Randomness ---------------------------------------------------------------------------------
+
+def seed_everything(seed):
+  """Seed Python, numpy and torch (all devices)."""
+  random.seed(seed)
+  np.random.seed(seed % 2 ** 32)
+  torch.manual_seed(seed)
+
+
+def training_noise_generator(config):
+  """The generator of the training loss's noise (t / noise levels and z) on config.device; the
+  same on every rank (each keeps its shard of the global batch's draws).
+
+  Seeded from (config.seed, seeds.TRAINING_NOISE), not config.seed itself, which seeds torch's
+  global RNG (dropout) on rank 0: on CUDA two Philox generators with one seed hand out the same
+  random bits.
+  """
+  return torch.Generator(device=config.device).manual_seed(derive_seed(config.seed, TRAINING_NOISE))
+
+
+def get_rng_state(noise_generator, device):
+  """This process's RNG states, as tensors and numbers (loadable with weights_only=True)."""
+  name, keys, pos, has_gauss, cached = np.random.get_state()
+  return dict(torch=torch.get_rng_state(),
+              cuda=torch.cuda.get_rng_state(device) if device.type == 'cuda' else None,
+              numpy=[name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+              python=random.getstate(), noise=noise_generator.get_state())
+
+
+def set_rng_state(rng, noise_generator, device):
+  """Restore the states `get_rng_state` returned."""
+  torch.set_rng_state(rng['torch'])
+  if rng['cuda'] is not None and device.type == 'cuda':
+    torch.cuda.set_rng_state(rng['cuda'], device)
+  name, keys, pos, has_gauss, cached = rng['numpy']
+  np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+  version, internal, gauss = rng['python']
+  random.setstate((version, tuple(internal), gauss))
+  noise_generator.set_state(rng['noise'])
+
+
+# --- Checkpoints --------------------------------------------------------------------------------
+
+def save(path, state, noise_generator, config, rank, grad_scaler=None):
+  """Checkpoint `state` with every rank's RNG states ('rng') and the fp16 gradient scaler's state
+  ('grad_scaler': scale and growth tracker) (collective; rank 0 writes)."""
+  rng = gather_objects(get_rng_state(noise_generator, config.device))
+  extra = {} if grad_scaler is None else {'grad_scaler': grad_scaler.state_dict()}
+  if rank == 0:
+    save_checkpoint(path, dict(state, rng=rng, **extra))
+
+
+def resume(path, state, noise_generator, config, rank, world, grad_scaler=None):
+  """Restore the resume checkpoint at `path` into `state` (and `grad_scaler`), if there is one.
+  Returns its step.
+
+  Resumed with as many processes as it was saved with, every RNG continues exactly. With another
+  number, the weights, optimizer, data position and loss noise (drawn alike on every rank) still
+  continue; only the per-rank streams (dropout) start afresh.
+  """
+  if not os.path.exists(path):
+    return 0
+  restore_checkpoint(path, state, config.device)
+  scaler_state = state.pop('grad_scaler', None)
+  if grad_scaler is not None and scaler_state:
+    grad_scaler.load_state_dict(scaler_state)
+  rng = state.pop('rng', None)
+  noise_only = state.pop('noise_rng', None)  # classifier checkpoints before this loop
+  state['step'] = int(state['step'])
+  try:
+    if rng is not None and len(rng) == world:
+      set_rng_state(rng[rank], noise_generator, config.device)
+      return state['step']
+    if rng is not None or noise_only is not None:
+      noise_generator.set_state(noise_only if rng is None else rng[0]['noise'])
+  except RuntimeError as e:  # e.g. saved on a GPU, resumed on the CPU: other generator type
+    logging.warning('Could not restore the RNG states of %s (%s).', path, e)
+  if noise_only is not None:
+    logging.info('%s holds the loss-noise state only: the other random streams restart from '
+                 'config.seed.', path)
+  elif rng is None:
+    logging.warning('%s holds no RNG states (a score_sde_pytorch checkpoint?): every random '
+                    'stream, the loss noise included, restarts from config.seed.', path)
+  else:
+    logging.warning('%s was written by %d process(es), this run has %d: per-process random '
+                    'streams (dropout) start afresh.', path, len(rng), world)
+  return state['step']
+
+
+# --- What a model plugs in ----------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """When the loop logs, evaluates and checkpoints: steps 0..n_iters, a log line every log_freq
+  steps, an evaluation every eval_freq steps (and at n_iters if `eval_at_end`), a snapshot every
+  snapshot_freq steps and the resume checkpoint every snapshot_freq_for_preemption steps (both
+  also at n_iters)."""
+  n_iters: int
+  log_freq: int
+  eval_freq: int
+  snapshot_freq: int
+  snapshot_freq_for_preemption: int
+  eval_at_end: bool = False
+
+  @classmethod
+  def of(cls, section, eval_at_end=False):
+    """The schedule of a config section holding the five frequencies (config.training,
+    models.wideresnet.classifier_config(config))."""
+    names = ('n_iters', 'log_freq', 'eval_freq', 'snapshot_freq', 'snapshot_freq_for_preemption')
+    return cls(*(int(section[n]) for n in names), eval_at_end=eval_at_end)
+
+  def _every(self, freq, step):
+    return (step != 0 and step % freq == 0) or step == self.n_iters
+
+  def snapshots(self, step):
+    return self._every(self.snapshot_freq, step)
+
+  def preempts(self, step):
+    return self._every(self.snapshot_freq_for_preemption, step)
+
+  def evaluates(self, step):
+    return step % self.eval_freq == 0 or (self.eval_at_end and step == self.n_iters)
+
+
+@dataclasses.dataclass
+class Run:
+  """What the loop hands a trainer's hooks: the process's rank and world size, the step the run
+  starts at, the loss-noise generator, and the bare network (`state['model']` is the one training
+  calls: compiled or DDP-wrapped; evaluation bypasses DDP's gradient hooks with this one)."""
+  rank: int
+  world: int
+  initial_step: int
+  noise_generator: torch.Generator
+  model: torch.nn.Module
+
+
+class Trainer:
+  """A model's part of the loop; subclass it and override the hooks `run` calls.
+
+  Attributes: `layout` (workdir.Layout: where the run's files go), `schedule` (`Schedule`),
+  `name` (tqdm's label and the log lines'), `loss_name` (the training loss's log and TensorBoard
+  tag), `distributed` (whether it may run under torchrun), `grad_scaler` (fp16's
+  torch.amp.GradScaler, checkpointed; set it in `prepare`).
+  """
+  name = 'training'
+  loss_name = 'training_loss'
+  distributed = True
+  grad_scaler = None
+
+  def __init__(self, config, layout, schedule):
+    self.config, self.layout, self.schedule = config, layout, schedule
+
+  def claim_workdir(self):
+    """Rank 0, before anything is logged there: refuse a workdir of another run."""
+
+  def build_state(self):
+    """The state dict (model, ema, optimizer, step: 0), built under torch.manual_seed(config.seed)
+    (so every rank starts from the same weights)."""
+    raise NotImplementedError
+
+  def prepare(self):
+    """Before the resume checkpoint is read: set `grad_scaler`, process-wide settings."""
+
+  def training_model(self, model):
+    """The network as training steps call it (compiled, ...): `model` itself by default."""
+    return model
+
+  def start(self, state, run):
+    """Build data, step functions, samplers for a run `run` (a `Run`) of `state`."""
+    raise NotImplementedError
+
+  def step(self, state, step):
+    """Train on global batch `step`; return this rank's loss as a 0-d tensor, not read (the loop
+    reads losses only when it needs them, with one host synchronisation)."""
+    raise NotImplementedError
+
+  def scalars(self, state):
+    """TensorBoard scalars of a log step besides the loss, lr and steps_per_sec."""
+    return {}
+
+  def evaluate(self, state, step):
+    """Evaluate at `step` (every rank; the trainer logs what it found) and return the TensorBoard
+    scalars, which the loop checks are finite."""
+    return {}
+
+  def snapshot(self, state, step):
+    """After the snapshot checkpoint of `step` (every rank): what else a snapshot writes."""
+
+  def result(self, state):
+    """What `run` returns at the end."""
+    return state
+
+
+# --- The loop -----------------------------------------------------------------------------------
+
+def check_finite(losses, first_step, what, resume_path, read_every=1):
+  """Raise FloatingPointError at the first non-finite value of `losses` (of steps first_step,
+  first_step + 1, ...; floats, or 0-d tensors read with one host synchronisation). Returns the
+  last value, as a float."""
+  values = torch.stack(losses).tolist() if torch.is_tensor(losses[0]) else list(losses)
+  for i, value in enumerate(values):
+    if not math.isfinite(value):
+      found = (f' (losses are read every log_freq = {read_every} steps and before each '
+               f'evaluation and checkpoint: it was found at step {first_step + len(values) - 1})'
+               if read_every > 1 else '')
+      raise FloatingPointError(
+        f'The {what} is {value} at step {first_step + i}{found}: training stopped. Nothing was '
+        f'saved after that step; the last good resume checkpoint is {resume_path} (and '
+        'checkpoints/). Lower optim.lr or optim.grad_clip, check the data scaling '
+        '(data.centered), then resume.')
+  return values[-1]
+
+
+def _log_to_file(folder):
+  """Copy log records to folder/stdout.txt; returns the handler (remove it when done)."""
+  logger = logging.getLogger()
+  handler = logging.FileHandler(os.path.join(folder, 'stdout.txt'))
+  handler.setFormatter(logging.Formatter('%(levelname)s - %(filename)s - %(asctime)s - %(message)s'))
+  logger.addHandler(handler)
+  logger.setLevel(logging.INFO)
+  return handler
+
+
+def run(config, trainer):
+  """Train `trainer`'s model under config (resuming from its layout's resume checkpoint if a run
+  stopped there) and return `trainer.result(state)`.
+
+  Raises:
+    FloatingPointError at a non-finite training loss or evaluation scalar (nothing trained past it
+    is saved); ValueError for a workdir of another run, or a trainer that cannot run distributed
+    under torchrun.
+  """
+  with process_group(config) as (rank, world):
+    if world > 1 and not trainer.distributed:
+      raise ValueError(f'{trainer.name} runs in one process: start it with python, not torchrun.')
+    log_handler = None
+    if rank == 0:
+      trainer.layout.make()
+      trainer.claim_workdir()
+      log_handler = _log_to_file(trainer.layout.root)
+    try:
+      return _run(config, trainer, rank, world)
+    finally:
+      if log_handler is not None:
+        logging.getLogger().removeHandler(log_handler)
+        log_handler.close()
+
+
+def _first_step(trainer, state, step):
+  """The run's first step: where the first forward and backward passes allocate (the place to
+  explain a CUDA out-of-memory error, issue #23)."""
+  return trainer.step(state, step)
+
+
+def _run(config, trainer, rank, world):
+  # Same seed on every rank for identical initial weights; then per-rank streams (dropout).
+  seed_everything(config.seed)
+  state = trainer.build_state()
+  seed_everything(config.seed + rank)
+  noise_generator = training_noise_generator(config)
+  trainer.prepare()
+  resume_path, sched = trainer.layout.resume, trainer.schedule
+  initial_step = resume(resume_path, state, noise_generator, config, rank, world,
+                        trainer.grad_scaler)
+  model = state['model']
+  state['model'] = trainer.training_model(model)
+  if world > 1:
+    state['model'] = torch.nn.parallel.DistributedDataParallel(
+      state['model'], device_ids=[config.device.index] if config.device.type == 'cuda' else None)
+  run = Run(rank, world, initial_step, noise_generator, model)
+  trainer.start(state, run)
+
+  writer, progress = None, None
+  if rank == 0:
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm import tqdm
+    writer = SummaryWriter(os.path.join(trainer.layout.root, 'tensorboard'))
+    progress = tqdm(total=sched.n_iters + 1, initial=initial_step, desc=trainer.name,
+                    dynamic_ncols=True, disable=None)
+    logging.info('Starting %s loop at step %d (%d process%s).', trainer.name, initial_step,
+                 world, 'es' if world > 1 else '')
+  try:
+    _steps(config, trainer, state, run, writer, progress)
+  finally:
+    if rank == 0:
+      progress.close()
+      writer.close()
+    state['model'] = model
+  if rank == 0:
+    logging.info('Finished %s at step %d.', trainer.name, sched.n_iters)
+  return trainer.result(state)
+
+
+def _steps(config, trainer, state, run, writer, progress):
+  """Steps run.initial_step..n_iters of `trainer` (rank 0 logs to `writer` and `progress`)."""
+  sched, resume_path, rank = trainer.schedule, trainer.layout.resume, run.rank
+  last_time, last_step = time.time(), run.initial_step
+  pending = []  # training losses (0-d tensors) not read yet: steps do not wait for the device
+  for step in range(run.initial_step, sched.n_iters + 1):
+    if step == run.initial_step:
+      loss = _first_step(trainer, state, step)
+    else:
+      loss = trainer.step(state, step)
+    pending.append(global_mean(loss, run.world))
+    snapshot, preemption, evaluation = (sched.snapshots(step), sched.preempts(step),
+                                        sched.evaluates(step))
+    if rank == 0:
+      progress.update(1)
+
+    # The losses are read at log steps and before every evaluation and checkpoint (so none holds
+    # or measures weights trained past a non-finite loss), with one host synchronisation.
+    logs = step % sched.log_freq == 0
+    if logs or snapshot or preemption or evaluation:
+      loss = check_finite(pending, step - len(pending) + 1, trainer.loss_name.replace('_', ' '),
+                          resume_path, sched.log_freq)
+      pending = []
+      if rank == 0 and logs:
+        now = time.time()
+        rate = (step - last_step) / max(now - last_time, 1e-9) if step > last_step else 0.
+        last_time, last_step = now, step
+        logging.info('step: %d, %s: %.5e', step, trainer.loss_name, loss)
+        lr = state['optimizer'].param_groups[0]['lr']
+        _add_scalars(writer, step, **{trainer.loss_name: loss}, lr=lr,
+                     **trainer.scalars(state), steps_per_sec=rate)
+        progress.set_postfix(loss=f'{loss:.4g}')
+
+    if evaluation:
+      scalars = trainer.evaluate(state, step)
+      for tag, value in scalars.items():
+        check_finite([value], step, tag.replace('_', ' '), resume_path)
+      if rank == 0:
+        _add_scalars(writer, step, **scalars)
+
+    if snapshot:
+      save(trainer.layout.snapshot(step // sched.snapshot_freq), state, run.noise_generator,
+           config, rank, trainer.grad_scaler)
+      trainer.snapshot(state, step)
+    if preemption:
+      save(resume_path, state, run.noise_generator, config, rank, trainer.grad_scaler)
+
+
+def _add_scalars(writer, step, **scalars):
+  for name, value in scalars.items():
+    writer.add_scalar(name, value, step)
