@@ -17,8 +17,8 @@ The loop (seeding, resuming with every RNG state, logging, checkpoints) is `trai
 the score model; checkpoints written before it, with the loss noise's state alone ('noise_rng'),
 still resume.
 
-Settings come from `config.classifier` where a config defines it, else `CLASSIFIER_DEFAULTS`;
-the optimizer, data, SDE and seed are the score model's (config.optim, config.data,
+Settings come from `config.classifier` (`models.wideresnet.classifier_config` fills what a
+config leaves out from the defaults, and loop settings left None from config.training); the optimizer, data, SDE and seed are the score model's (config.optim, config.data,
 config.training.sde, config.seed).
 """
 import json
