@@ -6,12 +6,17 @@ A checkpoint is a dict {'optimizer': state_dict, 'model': state_dict, 'ema': {'d
 'num_updates', 'shadow_params'}, 'step': int, ...}; the model keys carry DataParallel's `module.`
 prefix, as the official files do, so checkpoints move both ways between the two codebases. Extra
 entries of `state` (RNG states, the classifier's architecture) are saved and restored as they are.
-Where the files of a run lie is `workdir.Layout`'s.
+Where the files of a run lie is `workdir.Layout`'s. The resume checkpoint keeps its previous
+version (`link_or_copy` before each write), which `restore_resume_checkpoint` falls back to.
 """
+import errno
 import json
+import logging
+import os
 import pathlib
 import pickle
 import re
+import shutil
 import zipfile
 
 import numpy as np
@@ -22,7 +27,7 @@ from models import utils as mutils
 from models.ema import ExponentialMovingAverage
 from models.wideresnet import architecture, classifier_config, create_classifier
 from models.utils import unwrap
-from workdir import Layout, torch_save_atomic
+from workdir import Layout, torch_save_atomic, write_atomic
 
 _PREFIX = 'module.'
 
@@ -96,7 +101,10 @@ def load_checkpoint_file(path, device='cpu', trusted=False):
                          'was not loaded with weights_only=True. If you trust the file, pass '
                          f'trusted=True.\n{e}') from e
     raise CheckpointError(f'Checkpoint {path} is corrupt or truncated ({e}).') from e
-  except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+  except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+    # A truncated file can also fail as OSError EINVAL (the zip reader seeking past its end).
+    if isinstance(e, OSError) and e.errno != errno.EINVAL:
+      raise
     raise CheckpointError(f'Checkpoint {path} is corrupt or truncated and cannot be read ({e}). '
                        'Restore it from a copy, or resume from an earlier checkpoint.') from e
 
@@ -200,6 +208,60 @@ def restore_checkpoint(ckpt_path, state, device, trusted=False):
     if key not in ('model', 'ema', 'optimizer'):
       state[key] = value
   return state
+
+
+def link_or_copy(path, copy):
+  """Make `copy` the file `path` is now (nothing if there is none), atomically: a hard link (no
+  data written), or a copy where the filesystem has no hard links. A later atomic write of `path`
+  leaves `copy` as it was."""
+  if not os.path.isfile(path):
+    return
+  os.makedirs(os.path.dirname(copy), exist_ok=True)
+  tmp = f'{copy}.{os.getpid()}.link'
+  try:
+    if os.path.lexists(tmp):
+      os.remove(tmp)
+    os.link(path, tmp)
+  except OSError:
+    write_atomic(copy, lambda t: shutil.copyfile(path, t))
+    return
+  os.replace(tmp, copy)
+
+
+def restore_resume_checkpoint(layout, state, device, repair=True):
+  """Restore the resume checkpoint of `layout` (a workdir.Layout) into `state`, or when it cannot
+  be read (CheckpointError: corrupt, truncated) its previous version, with a warning naming both.
+  With `repair` (rank 0), the unreadable file is kept as <name>.unreadable and replaced by the
+  previous version, so that the next checkpoint keeps a readable one as its previous.
+
+  Returns:
+    The path restored, or None when there is no resume checkpoint.
+  Raises:
+    CheckpointError when neither can be read (the newest's message, then the previous one's).
+  """
+  newest, previous = layout.resume, layout.resume_previous
+  if not os.path.exists(newest):
+    return None
+  try:
+    restore_checkpoint(newest, state, device)
+    return newest
+  except CheckpointError as e:
+    if not os.path.isfile(previous):
+      raise
+    unreadable = e
+  try:
+    restore_checkpoint(previous, state, device)
+  except CheckpointError as e:
+    raise CheckpointError(f'{unreadable}\nIts previous version {previous} cannot be read either '
+                          f'({e}).') from e
+  logging.warning('The resume checkpoint %s cannot be read (%s). Resuming from its previous '
+                  'version %s (step %d): the steps after it are trained again, to the same '
+                  'weights.%s', newest, unreadable, previous, int(state['step']),
+                  f' The unreadable file is kept as {newest}.unreadable.' if repair else '')
+  if repair:
+    link_or_copy(newest, f'{newest}.unreadable')
+    link_or_copy(previous, newest)
+  return previous
 
 
 # ----------------------------------------------------------------------------- building, loading

@@ -101,6 +101,7 @@ class ClassifierTrainer(train_loop.Trainer):
   evaluation at the last step too), cross-entropy on perturbed labelled data, the EMA weights'
   test accuracy per noise level (classifier/metrics.json). One process: not under torchrun."""
   name = 'classifier training'
+  mode = 'train_classifier'
   loss_name = 'classifier_loss'
   distributed = False
 

@@ -11,7 +11,8 @@ Datasets (`config.data.dataset`):
   CIFAR10, SVHN   torchvision; `config.data.download=True` fetches them into `config.data.root`.
   CELEBA     torchvision CelebA; centre crop 140x140, then resize (as the paper's code).
   LSUN       torchvision LSUN lmdb folders `{root}/{category}_train_lmdb`, `_val_lmdb`.
-  FFHQ, CelebAHQ  a folder of images (`config.data.root`, searched recursively).
+  FFHQ, CelebAHQ  a folder of images (`config.data.root`, searched recursively); training
+             refuses unreadable files, or skips them (`check_image_folder`).
 `config.data.root` defaults to $SCORESDE_DATA or ./data.
 
 Order and augmentation are a pure function of (config.seed, epoch, position), so an iterator can
@@ -19,6 +20,10 @@ start at any batch (`train_ds.iterate(start)`, used to resume training exactly),
 torch.distributed each rank gets its DistributedSampler shard of every global batch with the
 flips and dequantization noise one process would have drawn for those images.
 """
+import concurrent.futures
+import hashlib
+import json
+import logging
 import os
 import pathlib
 
@@ -28,8 +33,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 import distributed
+import preemption
 from registry import Registry
 from seeds import DATA_AUGMENTATION, DATA_LOADER, derive_seed
+from workdir import read_json, write_json_atomic
 
 DATASETS = Registry('dataset')
 _IMAGE_SUFFIXES = {'.png', '.jpg', '.jpeg', '.webp', '.bmp'}
@@ -92,6 +99,7 @@ class ImageFolderFlat(Dataset):
   """Every image file under `root` (recursively, sorted), label -1."""
 
   def __init__(self, root, transform):
+    self.root = pathlib.Path(root)
     self.files = sorted(p for p in pathlib.Path(root).rglob('*') if p.suffix.lower() in _IMAGE_SUFFIXES)
     self.transform = transform
 
@@ -102,6 +110,62 @@ class ImageFolderFlat(Dataset):
     from PIL import Image
     with Image.open(self.files[i]) as image:
       return self.transform(image.convert('RGB')), -1
+
+
+class UnreadableImagesError(ValueError):
+  """Files of an image folder that PIL cannot open; the message lists them."""
+
+
+def _unreadable(path):
+  """Why PIL cannot open `path` and read its header, or None."""
+  from PIL import Image
+  try:
+    with Image.open(path):
+      return None
+  except Exception as e:  # UnidentifiedImageError, OSError, SyntaxError, ...: format-dependent
+    return f'{type(e).__name__}: {e}'
+
+
+def check_image_folder(ds, skip_unreadable, index_path):
+  """Open every file of the image folder `ds` (an `ImageFolderFlat`) and read its header, once:
+  the unreadable ones are recorded in `index_path` (JSON), keyed by the folder's file names, sizes
+  and modification times, so that a resumed run reads the index instead. Under torchrun rank 0
+  checks and the others read its index.
+
+  Raises:
+    UnreadableImagesError naming the unreadable files, unless `skip_unreadable`: they are then
+    left out of `ds`, with a warning that counts them.
+  """
+  rank, _ = distributed.rank_world()
+  if rank != 0:
+    distributed.barrier()
+  try:
+    names = [p.relative_to(ds.root).as_posix() for p in ds.files]
+    stats = [(n, (st := p.stat()).st_size, st.st_mtime_ns) for n, p in zip(names, ds.files)]
+    key = hashlib.sha256(json.dumps(stats).encode()).hexdigest()
+    index = read_json(index_path) if os.path.isfile(index_path) else {}
+    if index.get('key') != key:
+      logging.info('Checking that the %d images of %s can be read (once: %s keeps the result)',
+                   len(names), ds.root, index_path)
+      with concurrent.futures.ThreadPoolExecutor(8) as pool:  # file system latency, not CPU
+        reasons = pool.map(_unreadable, ds.files)
+      index = dict(root=str(ds.root), key=key, files=len(names),
+                   unreadable={n: r for n, r in zip(names, reasons) if r is not None})
+      if rank == 0:
+        write_json_atomic(index_path, index, indent=1)
+  finally:
+    if rank == 0:
+      distributed.barrier()
+  bad = index['unreadable']
+  if bad and not skip_unreadable:
+    raise UnreadableImagesError(
+      f'{len(bad)} of the {len(names)} images under {ds.root} cannot be read (all listed in '
+      f'{index_path}): ' + '; '.join(f'{n} ({r})' for n, r in list(bad.items())[:10]) + '. '
+      'Replace or remove them, or pass --config.data.skip_unreadable=True to train without them.')
+  if bad:
+    logging.warning('Leaving out %d unreadable image(s) of the %d under %s (data.skip_unreadable; '
+                    'listed in %s).', len(bad), len(names), ds.root, index_path)
+    ds.files = [p for p, n in zip(ds.files, names) if n not in bad]
 
 
 def _resize_uint8(images, size, mode='bilinear'):
@@ -307,7 +371,9 @@ class ImageBatches:
       # A generator of its own: without one, every DataLoader iterator draws its workers' base
       # seed from the global RNG that dropout uses, so the training noise would depend on
       # num_workers and a run resumed mid-epoch would not repeat the uninterrupted one.
+      # Workers ignore SIGTERM / SIGUSR1, which the main process handles (preemption.py).
       fetched = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers,
+                           worker_init_fn=preemption.ignore_signals,
                            generator=torch.Generator().manual_seed(
                                derive_seed(self.seed, DATA_LOADER, epoch, self.rank)))
     for i, (images, labels) in enumerate(fetched, start=offset):
@@ -343,7 +409,8 @@ def loader_workers(config, dataset):
   return int(workers)
 
 
-def get_dataset(config, uniform_dequantization=False, evaluation=False, with_labels=False):
+def get_dataset(config, uniform_dequantization=False, evaluation=False, with_labels=False,
+                image_check=None):
   """Train and evaluation batches of `config.data.dataset`.
 
   Args:
@@ -354,13 +421,22 @@ def get_dataset(config, uniform_dequantization=False, evaluation=False, with_lab
     evaluation: one pass over each split without flips; otherwise both repeat forever and the
       training batches are flipped when `config.data.random_flip`.
     with_labels: yield (images, labels (B,)) pairs instead of images.
+    image_check: for an image folder, the index file of `check_image_folder` (training's
+      WORKDIR/image_check.json): its files are checked first, once.
   Returns:
     (train_ds, eval_ds, dataset): two `ImageBatches` of float (B, C, H, W) in [0, 1], global
     batch B split over torch.distributed ranks, and the train split's uint8 Dataset.
   Raises:
-    DatasetNotFoundError (a FileNotFoundError) saying where to put or how to fetch the data.
+    DatasetNotFoundError (a FileNotFoundError) saying where to put or how to fetch the data;
+    UnreadableImagesError (a ValueError) naming unreadable files of an image folder.
   """
-  train_set, eval_set = split_images(config, True), split_images(config, False)
+  train_set = split_images(config, True)
+  if isinstance(train_set, ImageFolderFlat):  # one split: checked once, used for both
+    if image_check is not None:
+      check_image_folder(train_set, config.data.skip_unreadable, image_check)
+    eval_set = train_set
+  else:
+    eval_set = split_images(config, False)
   rank, world = distributed.rank_world()
   batch_size = config.eval.batch_size if evaluation else config.training.batch_size
   pin = torch.device(config.device).type == 'cuda' and torch.cuda.is_available()

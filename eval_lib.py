@@ -25,7 +25,9 @@ started again redoes only the loss file, bits/dim batches and sampling rounds it
 finished. The noise of each bits/dim batch and sampling round is seeded by (config.seed,
 checkpoint, batch or round), so a redone piece gives what the first run would have. Under
 torchrun, bits/dim batches and sampling rounds are split over the ranks (round R on rank
-R mod world_size); rank 0 writes the loss, metrics and reports.
+R mod world_size); rank 0 writes the loss, metrics and reports. One process evaluates into a folder
+at a time (its .lock); SIGTERM / SIGUSR1 stop it at once, or once the file it is writing is
+complete, with exit status 75 (preemption.py).
 
 Optional config.eval keys (reference defaults in brackets): ckpt_timeout_s [no limit, 3 days
 here] and ckpt_poll_s [60] for checkpoints that have not arrived, bpd_rtol / bpd_atol [1e-5],
@@ -48,10 +50,12 @@ import distributed
 import evaluation
 import likelihood
 import losses
+import preemption
 import sampling
 import sde_lib
 from checkpoints import build_state, restore_checkpoint
 from datasets import to_uint8
+from folder_lock import locked
 from seeds import BITS_PER_DIM, EVAL_MODE_LOSS, SAMPLING_ROUND, SCHEME, derive_seed
 from workdir import Layout, as_json, read_json, refuse_other_run, savez_atomic, write_json_atomic
 
@@ -248,7 +252,9 @@ def evaluate(config, workdir, eval_folder='eval'):
   Without the Inception weights or the dataset statistics, loss and bits/dim still run and the
   sampling evaluation stops with an error naming the missing file (raised at the end).
   """
-  with distributed.process_group(config, distributed.UNEVEN_WORK_TIMEOUT) as (rank, _):
+  eval_dir = os.path.join(workdir, eval_folder)
+  with distributed.process_group(config, distributed.UNEVEN_WORK_TIMEOUT) as (rank, _), \
+      preemption.watch('evaluation', interrupt=True), locked(eval_dir, 'eval'):
     _evaluate(config, workdir, eval_folder, rank)
 
 

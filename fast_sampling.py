@@ -11,8 +11,13 @@ in y = x / s the probability-flow ODE of VE, VP and sub-VP is the same equation:
 
 with D the denoiser (Tweedie) and eps = -std * score. Both families are written once, in y and
 sigma; DPM-Solver's lambda is -log sigma and its alpha is 1 in these variables. The score network
-is always called at x = s(t) y and t = sde.sigma_inverse(sigma).
+is always called at x = s(t) y and t = sde.sigma_inverse(sigma). UniPC (unipc.py) shares them.
+
+`budget_settings` holds what `config.sampling.num_steps` alone selects for dpm_solver and unipc
+(docs/few_step_sampling.md); `settings_from_config` merges it with the keys a config sets and a
+fitted ladder (`sampling.step_ladder`, scripts/optimize_ladder.py).
 """
+import json
 import math
 
 import torch
@@ -24,7 +29,7 @@ from models import utils as mutils
 SCHEDULES = ('edm', 'logsnr', 'time_uniform', 'time_quadratic')
 
 
-def _check(name, value, allowed):
+def check_option(name, value, allowed):
   if value not in allowed:
     raise ValueError(f'Unknown {name} {value!r}; choose one of {", ".join(map(str, allowed))}.')
 
@@ -78,7 +83,7 @@ def get_sigma_schedule(sde, num_points, eps, schedule='edm', rho=7.):
       DPM-Solver's logSNR-uniform; VE's own geometric ladder), 'time_uniform' (uniform in t, the
       PC and DDPM choice), 'time_quadratic' (DPM-Solver's, uniform in sqrt(t)).
   """
-  _check('schedule', schedule, SCHEDULES)
+  check_option('schedule', schedule, SCHEDULES)
   if num_points < 2:
     raise ValueError(f'A sigma schedule needs at least 2 points, got {num_points}.')
   ends = torch.tensor([sde.T, eps], dtype=torch.float64)
@@ -95,7 +100,28 @@ def get_sigma_schedule(sde, num_points, eps, schedule='edm', rho=7.):
   return sde.scale_and_sigma(t)[1]
 
 
-def _initial_y(sde, shape, ode, z, generator):
+def check_ladder(sde, sigmas, num_levels):
+  """A given ladder (e.g. scripts/optimize_ladder.py's) as floats, and the time t of its last
+  level: it must have `num_levels` decreasing levels, the first sigma(T) (where the prior is)."""
+  sigmas = [float(v) for v in sigmas]
+  if len(sigmas) != num_levels:
+    raise ValueError(f'The ladder has {len(sigmas)} noise levels; this run needs {num_levels}.')
+  if any(b >= a for a, b in zip(sigmas, sigmas[1:])) or sigmas[-1] <= 0:
+    raise ValueError(f'A ladder must decrease and stay positive: {sigmas}.')
+  sigma_max = float(sde.scale_and_sigma(torch.tensor(float(sde.T), dtype=torch.float64))[1])
+  if not math.isclose(sigmas[0], sigma_max, rel_tol=1e-6):
+    raise ValueError(f'A ladder starts at sigma(T) = {sigma_max:.6g} of this SDE, not {sigmas[0]:.6g}.')
+  return sigmas, float(sde.sigma_inverse(torch.tensor(sigmas[-1], dtype=torch.float64)))
+
+
+def ladder(sde, num_levels, eps, schedule, sigmas=None):
+  """(ladder floats, time of its last level): `schedule`'s to eps, or the given one checked."""
+  if sigmas is None:
+    return get_sigma_schedule(sde, num_levels, eps, schedule).tolist(), eps
+  return check_ladder(sde, sigmas, num_levels)
+
+
+def initial_y(sde, shape, ode, z, generator):
   x = sde_lib.prior_draw(sde, shape, ode.device, generator) if z is None else z
   return x.to(ode.device) / ode.scale(sde.T)
 
@@ -124,7 +150,7 @@ def heun_sample(score_fn, sde, shape, num_steps=18, eps=1e-3, schedule='edm', rh
   sigmas = get_sigma_schedule(sde, num_steps, eps, schedule, rho).tolist()
   if to_zero:
     sigmas.append(0.)
-  y = _initial_y(sde, shape, ode, z, generator)
+  y = initial_y(sde, shape, ode, z, generator)
   gamma_max = min(churn / num_steps, math.sqrt(2) - 1)
   for i in tqdm(range(len(sigmas) - 1), disable=not progress, desc='heun'):
     sigma, sigma_next = sigmas[i], sigmas[i + 1]
@@ -227,8 +253,8 @@ def singlestep_orders(nfe, order):
 
 def dpm_solver_sample(score_fn, sde, shape, num_steps=18, order=3, method='singlestep',
                       algorithm='dpmsolver++', schedule='logsnr', eps=1e-3, denoise_to_zero=False,
-                      lower_order_final=True, z=None, generator=None, device='cpu',
-                      progress=False):
+                      lower_order_final=True, sigmas=None, z=None, generator=None,
+                      device='cpu', progress=False):
   """DPM-Solver / DPM-Solver++ on the probability-flow ODE, from t = T to t = eps.
 
   Args:
@@ -240,22 +266,24 @@ def dpm_solver_sample(score_fn, sde, shape, num_steps=18, order=3, method='singl
     schedule: see `get_sigma_schedule`; 'logsnr' is DPM-Solver's recommended choice.
     denoise_to_zero: one more evaluation returning D(y; sigma(eps)) (the sample at t = 0).
     lower_order_final: use lower orders for the last steps when num_steps < 15 (stabler).
+    sigmas: a ladder of noise levels from sigma(T) down to use instead of `schedule`'s (steps + 1
+      levels; `check_ladder`), e.g. one from scripts/optimize_ladder.py.
   Returns:
     (x (B, ...), nfe).
   """
-  _check('order', order, (1, 2, 3))
-  _check('method', method, ('multistep', 'singlestep'))
-  _check('algorithm', algorithm, ('dpmsolver', 'dpmsolver++'))
+  check_option('order', order, (1, 2, 3))
+  check_option('method', method, ('multistep', 'singlestep'))
+  check_option('algorithm', algorithm, ('dpmsolver', 'dpmsolver++'))
   plus = algorithm == 'dpmsolver++'
   ode = ScaledODE(score_fn, sde, shape[0], device)
-  y = _initial_y(sde, shape, ode, z, generator)
+  y = initial_y(sde, shape, ode, z, generator)
   if method == 'singlestep':
     orders = singlestep_orders(num_steps, order)
-    sigmas = get_sigma_schedule(sde, len(orders) + 1, eps, schedule).tolist()
+    sigmas, t_end = ladder(sde, len(orders) + 1, eps, schedule, sigmas)
     for i in tqdm(range(len(orders)), disable=not progress, desc='dpm-solver'):
       y = _singlestep(ode, y, sigmas[i], sigmas[i + 1], orders[i], plus)
   else:
-    sigmas = get_sigma_schedule(sde, num_steps + 1, eps, schedule).tolist()
+    sigmas, t_end = ladder(sde, num_steps + 1, eps, schedule, sigmas)
     f = ode.denoise if plus else ode.eps
     outs = []
     for i in tqdm(range(num_steps), disable=not progress, desc='dpm-solver'):
@@ -266,10 +294,10 @@ def dpm_solver_sample(score_fn, sde, shape, num_steps=18, order=3, method='singl
       y = _multistep(y, sigmas[:i + 2], outs, step_order, plus)
   if denoise_to_zero:
     return ode.denoise(y, sigmas[-1]) * ode.scale(0.), ode.nfe
-  return y * ode.scale(eps), ode.nfe
+  return y * ode.scale(t_end), ode.nfe
 
 
-def _sampler_from(sample_fn, sde, shape, inverse_scaler, continuous, device, **kwargs):
+def sampler_from(sample_fn, sde, shape, inverse_scaler, continuous, device, **kwargs):
   def sampler(model, z=None, generator=None):
     """Draw a batch with `model` (the network or a `models.utils.ScoreModel`): returns
     (inverse_scaler(x) (B, C, H, W), number of network evaluations)."""
@@ -286,7 +314,7 @@ def get_heun_sampler(sde, shape, inverse_scaler, num_steps=18, eps=1e-3, continu
                      device=None, **kwargs):
   """`sampler(model, z=None) -> (samples, nfe)` running `heun_sample` (kwargs go to it)."""
   device = device or mutils.default_device()
-  return _sampler_from(heun_sample, sde, shape, inverse_scaler, continuous, device,
+  return sampler_from(heun_sample, sde, shape, inverse_scaler, continuous, device,
                        num_steps=num_steps, eps=eps, **kwargs)
 
 
@@ -294,7 +322,7 @@ def get_dpm_solver_sampler(sde, shape, inverse_scaler, num_steps=18, order=3, ep
                            continuous=True, device=None, **kwargs):
   """`sampler(model, z=None) -> (samples, nfe)` running `dpm_solver_sample` (kwargs go to it)."""
   device = device or mutils.default_device()
-  return _sampler_from(dpm_solver_sample, sde, shape, inverse_scaler, continuous, device,
+  return sampler_from(dpm_solver_sample, sde, shape, inverse_scaler, continuous, device,
                        num_steps=num_steps, order=order, eps=eps, **kwargs)
 
 
@@ -309,14 +337,89 @@ def heun_from_config(config, sde, shape, inverse_scaler, eps):
                           rho=s.heun_rho, progress=s.progress)
 
 
-def dpm_solver_from_config(config, sde, shape, inverse_scaler, eps):
-  """`config.sampling.method = 'dpm_solver'`: num_steps evaluations of order `order`;
-  optional `dpm_method` ('singlestep'), `dpm_algorithm` ('dpmsolver++'), `dpm_schedule`."""
+# --- What `sampling.num_steps` alone selects ---------------------------------------------------
+
+# The lowest noise level of the ladders the budget picks: VE's sigma_min and VP's sigma(1e-3)
+# are 0.01, while sub-VP's sigma(1e-3) = 1e-4 would put a third of a logSNR-uniform ladder below
+# 0.01, where the ODE of data on pixel scales barely moves (docs/few_step_sampling.md).
+FINAL_SIGMA = 0.01
+# dpm_solver's settings before the budget chose them: a config that sets any of order /
+# dpm_method / dpm_schedule, and not the newer denoise_to_zero, gets these for those it leaves
+# None, and samples as before.
+DPM_LEGACY = dict(order=3, method='singlestep', schedule='logsnr', denoise_to_zero=False)
+LADDER_KEYS = ('sampler', 'nfe', 'order', 'method', 'variant', 'denoise_to_zero', 'sigmas')
+
+
+def budget_settings(sampler, sde, nfe):
+  """The settings of 'dpm_solver' / 'unipc' at `nfe` evaluations when the config leaves them
+  None: dict of order, method, schedule (None: logSNR-uniform down to max(sigma(eps),
+  FINAL_SIGMA)), denoise_to_zero, variant. From the exact-score measurements in
+  docs/few_step_sampling.md: multistep order 3 below 8 evaluations, order 2 from 8 (order 3
+  widens a Gaussian of std 0.5 by 10-20 % at 8-12); the final step at 6 under VP / sub-VP and,
+  for UniPC, from 12; dpm_solver keeps its former single-step order 3 from 20 (at the floor)."""
+  if sampler == 'dpm_solver' and nfe >= 20:
+    return dict(DPM_LEGACY, variant=None)
+  final = (nfe == 6 and not isinstance(sde, sde_lib.VESDE)) or (sampler == 'unipc' and nfe >= 12)
+  return dict(order=3 if nfe < 8 else 2, method='multistep', schedule=None,
+              denoise_to_zero=final, variant='bh2' if sampler == 'unipc' else None)
+
+
+def read_ladder(path):
+  """A ladder JSON of scripts/optimize_ladder.py: dict with LADDER_KEYS (sigmas: the noise levels
+  from sigma(T) down, one more than the solver's steps)."""
+  with open(path) as f:
+    ladder = json.load(f)
+  missing = [k for k in LADDER_KEYS if k not in ladder]
+  if missing:
+    raise ValueError(f'{path} is no ladder of scripts/optimize_ladder.py: it lacks {missing}.')
+  return ladder
+
+
+def settings_from_config(config, sampler, sde):
+  """(settings, ladder levels or None) of config.sampling for 'dpm_solver' / 'unipc': the keys it
+  sets, then a step_ladder's, then `budget_settings` (dpm_solver: `DPM_LEGACY` where a config of
+  before sets one of them). num_steps must be the ladder's evaluations."""
   s = config.sampling
-  return get_dpm_solver_sampler(sde, shape, inverse_scaler, num_steps=s.num_steps,
-                                order=s.order, eps=eps,
+  given = dict(order=s.order, method=s.dpm_method, schedule=s.dpm_schedule,
+               denoise_to_zero=s.denoise_to_zero, variant=s.unipc_variant)
+  base, sigmas = budget_settings(sampler, sde, s.num_steps), None
+  if s.step_ladder:
+    ladder = read_ladder(s.step_ladder)
+    if (ladder['sampler'], ladder['nfe']) != (sampler, s.num_steps):
+      raise ValueError(f'{s.step_ladder} is a ladder for {ladder["sampler"]} at {ladder["nfe"]} '
+                       f'evaluations, not {sampler} at num_steps = {s.num_steps}.')
+    base = {k: ladder[k] for k in ('order', 'method', 'variant', 'denoise_to_zero')}
+    base['schedule'], sigmas = None, ladder['sigmas']
+  elif (sampler == 'dpm_solver' and given['denoise_to_zero'] is None
+        and any(given[k] is not None for k in ('order', 'method', 'schedule'))):
+    base = dict(DPM_LEGACY, variant=None)
+  settings = {k: base[k] if v is None else v for k, v in given.items()}
+  if settings['denoise_to_zero'] and s.num_steps < 2:
+    raise ValueError('A final denoising step needs num_steps >= 2 evaluations.')
+  return settings, sigmas
+
+
+def solver_arguments(settings, sigmas, sde, eps, num_steps):
+  """Keyword arguments of dpm_solver_sample / unipc_sample for `settings_from_config`'s result:
+  the final step is one of the num_steps evaluations; schedule None is logSNR-uniform down to
+  max(sigma(eps), FINAL_SIGMA) (the sample is the one at that level without the final step)."""
+  final = bool(settings['denoise_to_zero'])
+  schedule = settings['schedule'] or 'logsnr'
+  if settings['schedule'] is None and sigmas is None:
+    t_final = float(sde.sigma_inverse(torch.tensor(FINAL_SIGMA, dtype=torch.float64)))
+    eps = max(eps, t_final)
+  return dict(num_steps=num_steps - final, order=settings['order'], schedule=schedule, eps=eps,
+              denoise_to_zero=final, sigmas=sigmas)
+
+
+def dpm_solver_from_config(config, sde, shape, inverse_scaler, eps):
+  """`config.sampling.method = 'dpm_solver'`: num_steps evaluations; `order`, `dpm_method`,
+  `dpm_schedule`, `denoise_to_zero` and `step_ladder` left unset are chosen for the budget
+  (`settings_from_config`); `dpm_algorithm` ('dpmsolver++')."""
+  s = config.sampling
+  settings, sigmas = settings_from_config(config, 'dpm_solver', sde)
+  return get_dpm_solver_sampler(sde, shape, inverse_scaler,
                                 continuous=config.training.continuous, device=config.device,
-                                method=s.dpm_method,
-                                algorithm=s.dpm_algorithm,
-                                schedule=s.dpm_schedule,
-                                progress=s.progress)
+                                method=settings['method'], algorithm=s.dpm_algorithm,
+                                progress=s.progress,
+                                **solver_arguments(settings, sigmas, sde, eps, s.num_steps))

@@ -280,3 +280,20 @@ def get_step_fn(sde, train, optimize_fn=None, reduce_mean=False, continuous=True
                        f'{type(sde).__name__}; set config.training.continuous=True.')
   return StepFn(loss_fn, train, optimize_fn=optimize_fn, generator=generator, shard=shard,
                 precision=precision, scaler=scaler)
+
+
+def step_fns_from_config(config, sde, noise_generator, shard=None, grad_scaler=None):
+  """The training and evaluation `StepFn`s of `config.training` and `config.optim`, in
+  config.training.precision (fp16 training takes `grad_scaler`): what training runs, and what the
+  memory and speed benches time. `shard` = (rank, world) under torchrun."""
+  tc = config.training
+  kwargs = dict(reduce_mean=tc.reduce_mean, continuous=tc.continuous,
+                likelihood_weighting=tc.likelihood_weighting, generator=noise_generator, shard=shard,
+                precision=tc.precision)
+  train_step = get_step_fn(sde, train=True, optimize_fn=optimization_manager(config),
+                                  scaler=grad_scaler, **kwargs)
+  # The evaluation loss draws from a generator of its own, reseeded per evaluation (eval_loss):
+  # how often and on what batch size one evaluates (resumable changes) does not move the
+  # training noise.
+  kwargs['generator'] = torch.Generator(device=noise_generator.device)
+  return train_step, get_step_fn(sde, train=False, **kwargs)

@@ -10,7 +10,9 @@
 Any config entry can be overridden with --config.section.key=value (ml_collections). A mistake in
 what was asked for (an unknown sampler, a bad seed range, a missing checkpoint or dataset, a
 workdir of another run, a non-finite loss) ends with its message and exit status 1; --traceback
-shows where it was raised. Programming errors keep their traceback.
+shows where it was raised. Programming errors keep their traceback. A run stopped by SIGTERM /
+SIGUSR1 or by training.max_runtime_s saves what it must and exits with status 75 (preempted: start
+it again to resume; docs/cluster.md).
 """
 import sys
 
@@ -63,8 +65,10 @@ def user_errors():
   """The exceptions that report a mistake in what was asked for, each raised with a message that
   says what to change: shown as that message alone."""
   from checkpoints import CheckpointError
+  from folder_lock import FolderBusyError  # another process writes the folder
+  from workdir import StorageError  # a full or failing disk
   return (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError,
-          TimeoutError, FloatingPointError, CheckpointError)
+          TimeoutError, FloatingPointError, CheckpointError, FolderBusyError, StorageError)
 
 
 def main(argv):

@@ -7,13 +7,17 @@ A workdir holds
   checkpoints-meta/checkpoint.pth  the resume checkpoint, overwritten every
                                  training.snapshot_freq_for_preemption steps and at the end
   samples/iter_S/sample.{png,np} EMA samples at each snapshot (uint8 NHWC in sample.np)
+  .lock, checkpoints-meta.prev/, image_check.json  the lock held while training, the resume
+                                 checkpoint's previous version, an image folder's unreadable files
 
 Checkpoints hold model, optimizer, EMA, step, 'rng' (per-rank torch / CUDA / numpy / Python
 RNG states and the loss-noise generator) and, for fp16 training, 'grad_scaler' (the loss scale),
 and the data stream restarts at the batch it stopped at, so a resumed run continues exactly as if
 it had not stopped, in every config.training.precision. Writes are atomic
 (checkpoints.save_checkpoint, workdir.write_atomic), so a run killed mid-write resumes from the
-previous checkpoint. The loop itself (seeding, resuming, logging, checkpoints) is `train_loop`'s.
+previous checkpoint. SIGTERM / SIGUSR1 or training.max_runtime_s stop a run after a step, with its
+resume checkpoint written (exit status 75, docs/cluster.md). The loop itself (seeding, resuming,
+logging, checkpoints, locking, stopping) is `train_loop`'s.
 
 Multi-GPU: under `torchrun --nproc_per_node=N` (WORLD_SIZE set) training uses
 DistributedDataParallel; config.training.batch_size stays the global batch, each rank loads its
@@ -38,27 +42,13 @@ from distributed import global_mean
 from seeds import EVAL_LOSS_NOISE, SNAPSHOT_SAMPLES, derive_seed
 from workdir import Layout, check_and_save_config, write_atomic
 
-def build_data(config, initial_step):
-  """Train and eval batch iterators positioned where a run resumed at `initial_step` stands."""
-  train_ds, eval_ds, _ = datasets.get_dataset(config, uniform_dequantization=config.data.uniform_dequantization)
+def build_data(config, initial_step, image_check=None):
+  """Train and eval batch iterators positioned where a run resumed at `initial_step` stands (an
+  image folder's files checked first, once, with `image_check` the index file)."""
+  train_ds, eval_ds, _ = datasets.get_dataset(
+    config, uniform_dequantization=config.data.uniform_dequantization, image_check=image_check)
   evaluations_done = -(-initial_step // config.training.eval_freq)  # ceil: evals at 0, f, 2f, ...
   return train_ds.iterate(initial_step), eval_ds.iterate(evaluations_done)
-
-
-def build_step_fns(config, sde, noise_generator, shard=None, grad_scaler=None):
-  """Training and evaluation `losses.StepFn`s for `config.training` and `config.optim`, in
-  config.training.precision (fp16 training takes `grad_scaler`)."""
-  tc = config.training
-  kwargs = dict(reduce_mean=tc.reduce_mean, continuous=tc.continuous,
-                likelihood_weighting=tc.likelihood_weighting, generator=noise_generator, shard=shard,
-                precision=tc.precision)
-  train_step = losses.get_step_fn(sde, train=True, optimize_fn=losses.optimization_manager(config),
-                                  scaler=grad_scaler, **kwargs)
-  # The evaluation loss draws from a generator of its own, reseeded per evaluation (eval_loss):
-  # how often and on what batch size one evaluates (resumable changes) does not move the
-  # training noise.
-  kwargs['generator'] = torch.Generator(device=noise_generator.device)
-  return train_step, losses.get_step_fn(sde, train=False, **kwargs)
 
 
 def _to_device(batch, config):
@@ -143,10 +133,10 @@ class ScoreTrainer(train_loop.Trainer):
   def start(self, state, run):
     config, tc = self.config, self.config.training
     self.run = run
-    self.train_iter, self.eval_iter = build_data(config, run.initial_step)
+    self.train_iter, self.eval_iter = build_data(config, run.initial_step, self.layout.image_check)
     self.scaler = datasets.get_data_scaler(config)
     sde, sampling_eps = sde_lib.get_sde(config)
-    self.train_step, self.eval_step = build_step_fns(
+    self.train_step, self.eval_step = losses.step_fns_from_config(
       config, sde, run.noise_generator, grad_scaler=self.grad_scaler,
       shard=(run.rank, run.world) if run.world > 1 else None)
     self.eval_state = dict(state, model=run.model)  # evaluation bypasses DDP's gradient hooks

@@ -17,10 +17,13 @@ Image k's noise, its prior draw and every later draw, comes from its own torch.G
 by (config.seed, k) (EDM's --seeds; the samplers take a list of generators, see
 `sde_lib.randn`), so it does not depend on the batch size, on the number of processes or on a
 restart: a run started again skips the seeds whose PNG exists. A folder holding images of
-another checkpoint, config or sampler is refused. Every config.sample key is documented in
+another checkpoint, config or sampler is refused, and so is one another process is filling (its
+.lock). SIGTERM / SIGUSR1 stop a run at once, or once the batch it is writing is complete, with
+exit status 75 (preemption.py). Every config.sample key is documented in
 configs/default_cifar10_configs.py.
 """
 import collections
+import contextlib
 import hashlib
 import json
 import logging
@@ -38,11 +41,13 @@ import torch
 import torch.distributed as dist
 
 import distributed
+import preemption
 import sde_lib
 from checkpoints import load_score_model, resolve_checkpoint
 from datasets import to_uint8
 from seeds import IMAGE, SCHEME, derive_seed
 from sample_tasks import TASKS
+from folder_lock import locked
 from workdir import Layout, as_json, read_json, refuse_other_run, savez_atomic, write_json_atomic, write_png
 
 ROOT = pathlib.Path(__file__).resolve().parent
@@ -211,11 +216,13 @@ def sample(config, workdir):
   if s.batch_size <= 0:
     raise ValueError(f'config.sample.batch_size is {s.batch_size}; it must be at least 1.')
   checkpoint = resolve_checkpoint(workdir, s.ckpt)
-  with distributed.process_group(config, distributed.UNEVEN_WORK_TIMEOUT) as (rank, world):
-    return _sample(config, workdir, seeds, checkpoint, rank, world)
+  with distributed.process_group(config, distributed.UNEVEN_WORK_TIMEOUT) as (rank, world), \
+      preemption.watch('sampling', interrupt=True), contextlib.ExitStack() as hold:
+    return _sample(config, workdir, seeds, checkpoint, rank, world, hold)
 
 
-def _sample(config, workdir, seeds, checkpoint, rank, world):
+def _sample(config, workdir, seeds, checkpoint, rank, world, hold):
+  """sample()'s work in its process group; `hold` (an ExitStack) keeps the folder's lock."""
   s = config.sample
   sde, eps = build_sde(config)
   task = TASKS[s.task](config, workdir, sde, eps)  # checks the sampler and inputs before loading
@@ -227,6 +234,7 @@ def _sample(config, workdir, seeds, checkpoint, rank, world):
   ident = identity(config, checkpoint, step, task)
   folder = pathlib.Path(Layout(str(workdir)).generated(s.out or default_out(config, step, ident)))
   meta = open_folder(folder, ident)
+  hold.enter_context(locked(folder, 'sample'))
   ranges = seed_ranges(seeds)  # meta.json: [a, b] for one range, else the list of ranges
   meta = dict(meta, **ident, seeds=ranges[0] if len(ranges) == 1 else ranges, batch_size=s.batch_size,
               world_size=world, batches=meta.get('batches', []),
@@ -273,16 +281,17 @@ def draw(task, model, config, folder, seeds, rank, meta=None):
     batch = seeds[i:i + size]
     begin = time.time()
     x, nfe = task.draw(model, batch, image_generators(config.seed, batch, config.device))
-    for k, image in zip(batch, to_uint8(x)):
-      write_png(_png_path(folder, k), image)
-    seconds = round(time.time() - begin, 3)
-    records.append(dict(rank=rank, seeds=batch, nfe=int(nfe), seconds=seconds))
-    logging.info('rank %d: seeds %d-%d, %d images, %d NFE, %.2f s', rank, batch[0], batch[-1],
-                 len(batch), nfe, seconds)
-    bar.update(len(batch))
-    if meta is not None:
-      write_json_atomic(folder / 'meta.json', dict(meta, batches=meta['batches'] + records),
-                              indent=1)
+    with preemption.deferred():  # a stop request waits for the batch's images and record
+      for k, image in zip(batch, to_uint8(x)):
+        write_png(_png_path(folder, k), image)
+      seconds = round(time.time() - begin, 3)
+      records.append(dict(rank=rank, seeds=batch, nfe=int(nfe), seconds=seconds))
+      logging.info('rank %d: seeds %d-%d, %d images, %d NFE, %.2f s', rank, batch[0], batch[-1],
+                   len(batch), nfe, seconds)
+      bar.update(len(batch))
+      if meta is not None:
+        write_json_atomic(folder / 'meta.json', dict(meta, batches=meta['batches'] + records),
+                          indent=1)
   bar.close()
   return records
 

@@ -29,6 +29,7 @@ import fast_sampling
 import ode_solvers
 import precision as precision_lib
 import sde_lib
+import unipc
 from models import utils as mutils
 from models.utils import default_device
 # The steps, importable from here as in score_sde_pytorch.
@@ -201,13 +202,16 @@ def _pc_from_config(config, sde, shape, inverse_scaler, eps):
                         eps=eps, device=config.device, progress=sampling.progress)
 
 
-# Few-step ODE samplers (fast_sampling.py): EDM's Heun and DPM-Solver.
+# Few-step ODE samplers (fast_sampling.py, unipc.py): EDM's Heun, DPM-Solver and UniPC.
 register_sampler(fast_sampling.heun_from_config, name='heun')
 register_sampler(fast_sampling.dpm_solver_from_config, name='dpm_solver')
+register_sampler(unipc.unipc_from_config, name='unipc')
 
 
 def get_sampling_fn(config, sde, shape, inverse_scaler, eps, precision=None):
-  """Build the sampler named by `config.sampling.method`: 'pc', 'ode', 'heun', 'dpm_solver'.
+  """Build the sampler named by `config.sampling.method`: 'pc', 'ode', 'heun', 'dpm_solver',
+  'unipc' (the last two: `num_steps` network evaluations, their settings chosen for that budget
+  unless set; docs/few_step_sampling.md).
 
   Optional config.sampling keys of the ODE sampler: ode_method ('RK45'), ode_rtol, ode_atol
   (1e-5), ode_num_steps (100). The network runs in `precision` (default

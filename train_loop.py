@@ -6,8 +6,13 @@ seeding, resuming with every RNG state (per rank: torch, CUDA, numpy, Python and
 generator), the steps with lazily read losses and a stop at the first non-finite one, logging every
 log_freq steps (log file, TensorBoard, tqdm), evaluations every eval_freq steps, snapshots every
 snapshot_freq steps and at the last one, and the resume checkpoint every
-snapshot_freq_for_preemption steps and at the last one. A trainer supplies what differs: its state,
-data and step, its evaluation, what a snapshot writes besides the checkpoint, its `Schedule`.
+snapshot_freq_for_preemption steps and at the last one, keeping its previous version (resumed from
+when the newest cannot be read). A trainer supplies what differs: its state, data and step, its
+evaluation, what a snapshot writes besides the checkpoint, its `Schedule`.
+
+The loop holds the lock of the trainer's folder while it runs (`folder_lock.locked`), and stops on
+SIGTERM / SIGUSR1 or at training.max_runtime_s: it finishes the step, writes the resume checkpoint
+and raises `preemption.Preempted` (exit status 75; all ranks stop after the same step).
 
 Step s trains on global batch s. The checkpoints of step s are written after the rest of the step
 (with state['step'] = s + 1, the steps done), so a resumed run replays nothing and continues
@@ -24,8 +29,11 @@ import time
 import numpy as np
 import torch
 
-from checkpoints import restore_checkpoint, save_checkpoint
+import memory
+import preemption
+from checkpoints import link_or_copy, restore_resume_checkpoint, save_checkpoint
 from distributed import gather_objects, global_mean, process_group
+from folder_lock import locked
 from seeds import TRAINING_NOISE, derive_seed
 
 # --- Randomness ---------------------------------------------------------------------------------
@@ -71,26 +79,30 @@ def set_rng_state(rng, noise_generator, device):
 
 # --- Checkpoints --------------------------------------------------------------------------------
 
-def save(path, state, noise_generator, config, rank, grad_scaler=None):
+def save(path, state, noise_generator, config, rank, grad_scaler=None, previous=None):
   """Checkpoint `state` with every rank's RNG states ('rng') and the fp16 gradient scaler's state
-  ('grad_scaler': scale and growth tracker) (collective; rank 0 writes)."""
+  ('grad_scaler': scale and growth tracker) (collective; rank 0 writes). With `previous`, the file
+  at `path` is kept there first."""
   rng = gather_objects(get_rng_state(noise_generator, config.device))
   extra = {} if grad_scaler is None else {'grad_scaler': grad_scaler.state_dict()}
   if rank == 0:
+    if previous is not None:
+      link_or_copy(path, previous)
     save_checkpoint(path, dict(state, rng=rng, **extra))
 
 
-def resume(path, state, noise_generator, config, rank, world, grad_scaler=None):
-  """Restore the resume checkpoint at `path` into `state` (and `grad_scaler`), if there is one.
+def resume(layout, state, noise_generator, config, rank, world, grad_scaler=None):
+  """Restore the resume checkpoint of `layout` (or its previous version, when it cannot be read:
+  `checkpoints.restore_resume_checkpoint`) into `state` (and `grad_scaler`), if there is one.
   Returns its step.
 
   Resumed with as many processes as it was saved with, every RNG continues exactly. With another
   number, the weights, optimizer, data position and loss noise (drawn alike on every rank) still
   continue; only the per-rank streams (dropout) start afresh.
   """
-  if not os.path.exists(path):
+  path = restore_resume_checkpoint(layout, state, config.device, repair=rank == 0)
+  if path is None:
     return 0
-  restore_checkpoint(path, state, config.device)
   scaler_state = state.pop('grad_scaler', None)
   if grad_scaler is not None and scaler_state:
     grad_scaler.load_state_dict(scaler_state)
@@ -168,11 +180,13 @@ class Trainer:
   """A model's part of the loop; subclass it and override the hooks `run` calls.
 
   Attributes: `layout` (workdir.Layout: where the run's files go), `schedule` (`Schedule`),
-  `name` (tqdm's label and the log lines'), `loss_name` (the training loss's log and TensorBoard
-  tag), `distributed` (whether it may run under torchrun), `grad_scaler` (fp16's
-  torch.amp.GradScaler, checkpointed; set it in `prepare`).
+  `name` (tqdm's label and the log lines'), `mode` (main.py's --mode, recorded with the folder's
+  lock), `loss_name` (the training loss's log and TensorBoard tag), `distributed` (whether it may
+  run under torchrun), `grad_scaler` (fp16's torch.amp.GradScaler, checkpointed; set it in
+  `prepare`).
   """
   name = 'training'
+  mode = 'train'
   loss_name = 'training_loss'
   distributed = True
   grad_scaler = None
@@ -258,39 +272,48 @@ def run(config, trainer):
   Raises:
     FloatingPointError at a non-finite training loss or evaluation scalar (nothing trained past it
     is saved); ValueError for a workdir of another run, or a trainer that cannot run distributed
-    under torchrun.
+    under torchrun; folder_lock.FolderBusyError while another process trains there;
+    preemption.Preempted (a SystemExit, status 75) after a stop request, once checkpointed.
   """
   with process_group(config) as (rank, world):
     if world > 1 and not trainer.distributed:
       raise ValueError(f'{trainer.name} runs in one process: start it with python, not torchrun.')
-    log_handler = None
-    if rank == 0:
-      trainer.layout.make()
-      trainer.claim_workdir()
-      log_handler = _log_to_file(trainer.layout.root)
-    try:
-      return _run(config, trainer, rank, world)
-    finally:
-      if log_handler is not None:
-        logging.getLogger().removeHandler(log_handler)
-        log_handler.close()
+    with preemption.watch(trainer.name, config.training.max_runtime_s) as watch, \
+        locked(trainer.layout.root, trainer.mode):
+      log_handler = None
+      if rank == 0:
+        trainer.layout.make()
+        trainer.claim_workdir()
+        log_handler = _log_to_file(trainer.layout.root)
+      try:
+        return _run(config, trainer, rank, world, watch)
+      finally:
+        if log_handler is not None:
+          logging.getLogger().removeHandler(log_handler)
+          log_handler.close()
 
 
-def _first_step(trainer, state, step):
-  """The run's first step: where the first forward and backward passes allocate (the place to
-  explain a CUDA out-of-memory error, issue #23)."""
-  return trainer.step(state, step)
+def _first_step(trainer, state, step, run):
+  """The run's first step, where the forward and backward passes first allocate: a CUDA
+  out-of-memory error there is raised again with what to change (batch size, precision,
+  model.checkpointing) and by how much (`memory.explain_oom`, which measures the score network:
+  rank 0 of the score model's training only, a minute or two of CPU)."""
+  config = trainer.config
+  advise = (torch.device(config.device).type == 'cuda' and trainer.name == 'training'
+            and run.rank == 0)
+  with memory.explained_oom(config, run.world, enabled=advise):
+    return trainer.step(state, step)
 
 
-def _run(config, trainer, rank, world):
+def _run(config, trainer, rank, world, watch):
   # Same seed on every rank for identical initial weights; then per-rank streams (dropout).
   seed_everything(config.seed)
   state = trainer.build_state()
   seed_everything(config.seed + rank)
   noise_generator = training_noise_generator(config)
   trainer.prepare()
-  resume_path, sched = trainer.layout.resume, trainer.schedule
-  initial_step = resume(resume_path, state, noise_generator, config, rank, world,
+  sched = trainer.schedule
+  initial_step = resume(trainer.layout, state, noise_generator, config, rank, world,
                         trainer.grad_scaler)
   model = state['model']
   state['model'] = trainer.training_model(model)
@@ -310,7 +333,7 @@ def _run(config, trainer, rank, world):
     logging.info('Starting %s loop at step %d (%d process%s).', trainer.name, initial_step,
                  world, 'es' if world > 1 else '')
   try:
-    _steps(config, trainer, state, run, writer, progress)
+    _steps(config, trainer, state, run, writer, progress, watch)
   finally:
     if rank == 0:
       progress.close()
@@ -321,26 +344,31 @@ def _run(config, trainer, rank, world):
   return trainer.result(state)
 
 
-def _steps(config, trainer, state, run, writer, progress):
-  """Steps run.initial_step..n_iters of `trainer` (rank 0 logs to `writer` and `progress`)."""
+def _steps(config, trainer, state, run, writer, progress, watch):
+  """Steps run.initial_step..n_iters of `trainer` (rank 0 logs to `writer` and `progress`), until
+  `watch` (a preemption.watch) asks to stop."""
   sched, resume_path, rank = trainer.schedule, trainer.layout.resume, run.rank
+  vote = preemption.Vote(run.world)
   last_time, last_step = time.time(), run.initial_step
   pending = []  # training losses (0-d tensors) not read yet: steps do not wait for the device
   for step in range(run.initial_step, sched.n_iters + 1):
     if step == run.initial_step:
-      loss = _first_step(trainer, state, step)
+      loss = _first_step(trainer, state, step, run)
     else:
       loss = trainer.step(state, step)
     pending.append(global_mean(loss, run.world))
-    snapshot, preemption, evaluation = (sched.snapshots(step), sched.preempts(step),
-                                        sched.evaluates(step))
+    snapshot, preempts, evaluation = (sched.snapshots(step), sched.preempts(step),
+                                      sched.evaluates(step))
+    # A stop request (every rank votes, so all stop after this step) is a preemption checkpoint.
+    stop = vote(watch.reason()) if step < sched.n_iters else None
+    preempts = preempts or stop is not None
     if rank == 0:
       progress.update(1)
 
     # The losses are read at log steps and before every evaluation and checkpoint (so none holds
     # or measures weights trained past a non-finite loss), with one host synchronisation.
     logs = step % sched.log_freq == 0
-    if logs or snapshot or preemption or evaluation:
+    if logs or snapshot or preempts or evaluation:
       loss = check_finite(pending, step - len(pending) + 1, trainer.loss_name.replace('_', ' '),
                           resume_path, sched.log_freq)
       pending = []
@@ -365,8 +393,12 @@ def _steps(config, trainer, state, run, writer, progress):
       save(trainer.layout.snapshot(step // sched.snapshot_freq), state, run.noise_generator,
            config, rank, trainer.grad_scaler)
       trainer.snapshot(state, step)
-    if preemption:
-      save(resume_path, state, run.noise_generator, config, rank, trainer.grad_scaler)
+    if preempts:
+      save(resume_path, state, run.noise_generator, config, rank, trainer.grad_scaler,
+           previous=trainer.layout.resume_previous)
+    if stop is not None:
+      raise watch.preempted(stop, f'step {step} was its last, and the resume checkpoint '
+                            f'{resume_path} holds it')
 
 
 def _add_scalars(writer, step, **scalars):

@@ -1,10 +1,14 @@
-"""A run on disk: the workdir's layout, its config.json, atomic writes of every kind, and the
-guard that keeps a folder from mixing the files of two runs.
+"""A run on disk: the workdir's layout, its config.json, atomic writes of every kind, and the guard
+that keeps a folder from mixing the files of two runs (`folder_lock` keeps two processes from
+writing one folder at once).
 
     WORKDIR/config.json                        the resolved config (`check_and_save_config`)
+    WORKDIR/.lock                              held while a process trains here (`folder_lock`)
     WORKDIR/stdout.txt, tensorboard/           logs
     WORKDIR/checkpoints/checkpoint_N.pth       snapshots (`Layout.snapshot(N)`)
     WORKDIR/checkpoints-meta/checkpoint.pth    the resume checkpoint (`Layout.resume`)
+    WORKDIR/checkpoints-meta.prev/checkpoint.pth  its previous version (`Layout.resume_previous`)
+    WORKDIR/image_check.json                   the readable files of an image-folder dataset
     WORKDIR/samples/iter_S/                    snapshot samples of training
     WORKDIR/<eval_folder>/                     --mode eval (eval_config.json records its settings)
     WORKDIR/generated/<out>/                   --mode sample (meta.json records its identity)
@@ -12,16 +16,22 @@ guard that keeps a folder from mixing the files of two runs.
 
 Every file a run writes goes through `write_atomic` (or `torch_save_atomic` for checkpoints, which
 are also synced to disk): a file that exists is complete, and a write that fails or is killed
-leaves the previous file and no temporary one.
+leaves the previous file and no temporary one. A write that fails for lack of space or an I/O
+error raises `StorageError`, naming the file, its size and the space left. Writes hold back an
+interrupting SIGTERM until the file is complete (`preemption.deferred`).
 """
 import dataclasses
+import errno
 import json
 import os
 import pathlib
+import shutil
 import tempfile
 
 import numpy as np
 import torch
+
+import preemption
 
 
 # ----------------------------------------------------------------------------- the layout
@@ -35,6 +45,17 @@ class Layout:
   def resume(self):
     """The resume checkpoint, overwritten every snapshot_freq_for_preemption steps."""
     return os.path.join(self.root, 'checkpoints-meta', 'checkpoint.pth')
+
+  @property
+  def resume_previous(self):
+    """The resume checkpoint it replaced, kept for a newest one that cannot be read (a folder of
+    its own: checkpoints-meta/ holds the one file that tools, the reference's included, read)."""
+    return os.path.join(self.root, 'checkpoints-meta.prev', 'checkpoint.pth')
+
+  @property
+  def image_check(self):
+    """The index of an image-folder dataset's unreadable files (`datasets.check_image_folder`)."""
+    return os.path.join(self.root, 'image_check.json')
 
   @property
   def snapshots(self):
@@ -65,40 +86,120 @@ class Layout:
 
 # ----------------------------------------------------------------------------- atomic writes
 
+class StorageError(OSError):
+  """A write that failed for lack of space (ENOSPC, EDQUOT, EFBIG) or an I/O error (EIO): the
+  message names the file, the size it needed and the space left. errno is the original's."""
+
+
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
+
+
+def _size(n):
+  """'12.3 MB' (decimal units)."""
+  if n < 1000:
+    return f'{n} bytes'
+  for unit in ('KB', 'MB', 'GB', 'TB'):
+    n /= 1000
+    if n < 1000 or unit == 'TB':
+      return f'{n:.1f} {unit}'
+
+
+def _file_size(path):
+  try:
+    return os.path.getsize(path) if path is not None else 0
+  except OSError:
+    return 0
+
+
+def _tensor_bytes(tree):
+  """Bytes of the tensors of `tree` (dicts, lists): about the size of its checkpoint file."""
+  if torch.is_tensor(tree):
+    return tree.numel() * tree.element_size()
+  if isinstance(tree, dict):
+    tree = list(tree.values())
+  return sum(_tensor_bytes(v) for v in tree) if isinstance(tree, (list, tuple)) else 0
+
+
+def storage_error(error, path, needed):
+  """The `StorageError` of writing `needed` bytes to `path` that failed with OSError `error`."""
+  folder = pathlib.Path(path).parent
+  try:
+    free = _size(shutil.disk_usage(folder).free)
+  except OSError:
+    free = 'unknown space'
+  return StorageError(error.errno, f'Writing {path} failed ({error.strerror or error}): it needed '
+                      f'about {_size(needed)}, and {free} is free on the filesystem of {folder}. '
+                      'The previous version of the file is intact and no temporary file is left: '
+                      'free space (or move the run to a larger filesystem), then run the same '
+                      'command again.')
+
+
+def _sync_folder(folder):
+  """fsync a folder, so that the renames in it survive a power loss (where the OS allows)."""
+  try:
+    fd = os.open(folder, os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    os.fsync(fd)
+  except OSError:
+    pass
+  finally:
+    os.close(fd)
+
+
 def torch_save_atomic(obj, path, mode=None):
   """torch.save `obj` to `path` atomically: a temporary file in the same folder, synced, then
   renamed, so a crash or SIGKILL during the write leaves the previous file at `path` untouched.
-  `mode` sets the file's permissions (the temporary file is created 0600)."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      torch.save(obj, f)
-      f.flush()
-      os.fsync(f.fileno())
-    if mode is not None:
-      os.chmod(tmp, mode)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  `mode` sets the file's permissions (the temporary file is created 0600).
+
+  Raises:
+    StorageError (an OSError) when the disk is full or fails, naming the size it needed.
+  """
+  path, tmp = pathlib.Path(path), None
+  with preemption.deferred():
+    try:
+      path.parent.mkdir(parents=True, exist_ok=True)
+      fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+      with os.fdopen(fd, 'wb') as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+      if mode is not None:
+        os.chmod(tmp, mode)
+      os.replace(tmp, path)
+      _sync_folder(path.parent)
+    except BaseException as e:
+      written = _file_size(tmp)
+      if tmp is not None and os.path.exists(tmp):
+        os.remove(tmp)
+      if isinstance(e, OSError) and e.errno in _STORAGE_ERRNOS:
+        raise storage_error(e, path, max(written, _tensor_bytes(obj))) from e
+      raise
 
 
 def write_atomic(path, write, suffix='.tmp'):
   """Call `write(tmp)` for a temporary path beside `path`, then rename it onto `path`: a file
   that exists is complete, and a failed write leaves the previous one (the temporary file is
   removed). `suffix` ends the temporary name, for writers that append their own extension
-  (np.savez: '.npz'). For checkpoints, which are also synced to disk, see `torch_save_atomic`."""
+  (np.savez: '.npz'). For checkpoints, which are also synced to disk, see `torch_save_atomic`.
+
+  Raises:
+    StorageError (an OSError) when the disk is full or fails, naming the size it needed (what
+    was written before the failure, or the previous version's size).
+  """
   path = pathlib.Path(path)
   tmp = path.with_name(f'.{path.name}.{os.getpid()}{suffix}')  # one per process
-  try:
-    write(str(tmp))
-    os.replace(tmp, path)
-  except BaseException:
-    tmp.unlink(missing_ok=True)
-    raise
+  with preemption.deferred():
+    try:
+      write(str(tmp))
+      os.replace(tmp, path)
+    except BaseException as e:
+      written = _file_size(tmp)
+      tmp.unlink(missing_ok=True)
+      if isinstance(e, OSError) and e.errno in _STORAGE_ERRNOS:
+        raise storage_error(e, path, max(written, _file_size(path))) from e
+      raise
 
 
 def write_json_atomic(path, value, **dump_options):
@@ -189,11 +290,16 @@ RESUMABLE_CHANGES = ('training.n_iters', 'training.log_freq', 'training.eval_fre
                      'training.snapshot_freq', 'training.snapshot_freq_for_preemption',
                      'training.snapshot_sampling', 'training.compile', 'training.compile_mode',
                      'training.cudnn_benchmark', 'eval.', 'sampling.', 'device', 'data.root',
-                     'data.download', 'data.num_workers', 'classifier.', 'sample.')
+                     'data.download', 'data.num_workers', 'classifier.', 'sample.',
+                     'training.max_runtime_s', 'data.skip_unreadable', 'model.checkpointing')
+# training.max_runtime_s only says when a run stops; data.skip_unreadable only whether it starts
+# with unreadable images (the files it trains on are those of WORKDIR/image_check.json);
+# model.checkpointing recomputes activations bit for bit (tests/test_checkpointing.py).
 # Keys added to the defaults after runs were written, with the value those runs had in effect:
 # a config.json without one reads as holding that value, so such runs still resume.
 ADDED_KEYS = {'training.precision': 'fp32', 'training.tf32': None, 'model.channels_last': False,
-              'optim.adam_impl': 'default'}
+              'optim.adam_impl': 'default', 'training.max_runtime_s': None,
+              'data.skip_unreadable': False, 'model.checkpointing': 'none'}
 
 
 def check_and_save_config(config, workdir):

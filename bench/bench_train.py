@@ -1,5 +1,5 @@
 """Training throughput: images per second of one full training step (loss, backward, gradient
-clipping, Adam, EMA: run_lib's step functions, as `train` runs them), peak memory, and the
+clipping, Adam, EMA: losses.step_fns_from_config, as training runs them), peak memory, and the
 achieved FLOP/s against the device's dense peak (bench/report.py's PEAK_TFLOPS).
 
     python bench/bench_train.py                         # ve/cifar10_ncsnpp_continuous, CPU batch 8
@@ -24,7 +24,7 @@ from report import (RESULTS, ROOT, add_speed_args, configure, count_flops, devic
 sys.path.insert(0, str(ROOT))
 
 import precision  # noqa: E402
-import run_lib  # noqa: E402
+import losses  # noqa: E402
 from checkpoints import build_state  # noqa: E402
 import sde_lib  # noqa: E402
 from configs import load_config  # noqa: E402
@@ -41,7 +41,7 @@ def time_steps(config_name, args, steps):
   sde, _ = sde_lib.get_sde(config)
   grad_scaler = precision.grad_scaler(args.precision, config.device.type)
   generator = torch.Generator(device=config.device).manual_seed(0)
-  train_step, _ = run_lib.build_step_fns(config, sde, generator, grad_scaler=grad_scaler)
+  train_step, _ = losses.step_fns_from_config(config, sde, generator, grad_scaler=grad_scaler)
   shape = (batch_size, config.data.num_channels, config.data.image_size, config.data.image_size)
   batch = torch.rand(shape, device=config.device)
   flops = count_flops(lambda: train_step(state, batch))  # eager: the count needs no compilation

@@ -6,7 +6,7 @@ Each config under ve/, vp/ and subvp/ then sets the SDE, the sampler and the net
 Keys that the configs set (not defined here):
   training.sde           'vesde' | 'vpsde' | 'subvpsde', built by `sde_lib.get_sde`.
   sampling.method        'pc' (predictor-corrector), 'ode', or a fast sampler ('heun',
-                         'dpm_solver'; see sampling.num_steps / order).
+                         'dpm_solver', 'unipc'; see sampling.num_steps / order).
   sampling.predictor     registered predictor, e.g. 'reverse_diffusion', 'euler_maruyama',
                          'ancestral_sampling', 'none'.
   sampling.corrector     registered corrector: 'langevin', 'ald' (annealed Langevin) or 'none'.
@@ -56,6 +56,9 @@ def get_default_configs():
   training.likelihood_weighting = False        # weight the loss by g(t)^2 (Song et al. 2021b)
   training.continuous = True                   # sample t in [eps, 1] (False: discrete N levels)
   training.reduce_mean = False                 # mean (not sum) of the loss over pixels
+  training.max_runtime_s = config_dict.placeholder(float)  # stop after this many seconds of
+                                               # this process, as on SIGTERM: checkpoint, exit
+                                               # status 75 (docs/cluster.md); None: no limit
   # Precision and speed (precision.py). The defaults give the numbers score_sde_pytorch gives.
   training.precision = 'fp32'                  # 'fp32' | 'bf16' | 'fp16': autocast of the forward
                                                # pass and loss (fp16 with a gradient scaler);
@@ -74,14 +77,25 @@ def get_default_configs():
   sampling.noise_removal = True                # final denoising step (no noise) at t = eps
   sampling.probability_flow = False            # predictor follows the probability-flow ODE
   sampling.snr = 0.16                          # signal-to-noise ratio of the Langevin corrector
-  sampling.num_steps = 18                      # steps of the fast samplers 'heun' / 'dpm_solver'
-                                               # (heun: noise levels, 2 num_steps - 1 NFE;
-                                               # dpm_solver: NFE)
-  sampling.order = 3                           # order of 'dpm_solver' (1, 2 or 3)
-  sampling.dpm_method = 'singlestep'           # 'singlestep' | 'multistep' (DPM-Solver)
+  sampling.num_steps = 18                      # steps of the fast samplers (heun: noise levels,
+                                               # 2 num_steps - 1 NFE; dpm_solver, unipc: NFE,
+                                               # a final denoising step included)
+  # The few-step solvers' settings; None: chosen for num_steps and the SDE (fast_sampling.
+  # budget_settings, docs/few_step_sampling.md). dpm_solver: once one of order / dpm_method /
+  # dpm_schedule is set (and not denoise_to_zero, which is newer), those left None keep their
+  # former defaults (3, 'singlestep', 'logsnr', False): such configs sample as before.
+  sampling.order = config_dict.placeholder(int)  # 'dpm_solver' / 'unipc' order (1, 2 or 3)
+  sampling.dpm_method = config_dict.placeholder(str)  # 'singlestep' | 'multistep' (DPM-Solver)
   sampling.dpm_algorithm = 'dpmsolver++'       # 'dpmsolver++' (data prediction) | 'dpmsolver'
-  sampling.dpm_schedule = 'logsnr'             # DPM-Solver's steps: 'logsnr' | 'time_uniform' |
-                                               # 'time_quadratic'
+  sampling.dpm_schedule = config_dict.placeholder(str)  # the noise levels of dpm_solver / unipc:
+                                               # 'logsnr' | 'time_uniform' | 'time_quadratic' |
+                                               # 'edm'
+  sampling.denoise_to_zero = config_dict.placeholder(bool)  # dpm_solver / unipc: the last
+                                               # evaluation returns D(x; sigma_last), the sample
+                                               # at t = 0
+  sampling.unipc_variant = config_dict.placeholder(str)  # UniPC's B(h): 'bh1' (h) | 'bh2'
+  sampling.step_ladder = ''                    # dpm_solver / unipc: a ladder JSON written by
+                                               # scripts/optimize_ladder.py ('': none)
   sampling.heun_schedule = 'edm'               # Heun's noise levels: 'edm' (rho) | 'logsnr' | ...
   sampling.heun_rho = 7.                       # EDM's rho
   sampling.churn = 0.                          # EDM's S_churn (0: deterministic Heun)
@@ -161,6 +175,8 @@ def get_default_configs():
   data.download = False                        # let torchvision download where the licence allows
   data.num_workers = config_dict.placeholder(int)  # loader processes; None: 0 for in-memory
                                                # data (DIGITS, CIFAR10, SVHN), min(4, CPUs) else
+  data.skip_unreadable = False                 # image folders: train without the files PIL
+                                               # cannot open (False: refuse to start)
 
   config.model = model = ml_collections.ConfigDict()
   model.sigma_min = 0.01                       # VE SDE noise range
@@ -172,6 +188,8 @@ def get_default_configs():
   model.embedding_type = 'fourier'             # 'fourier' (of log sigma) | 'positional'
   model.channels_last = False                  # NHWC layout of the network's activations (pays
                                                # off with bf16 / fp16); checkpoints stay NCHW
+  model.checkpointing = 'none'                 # 'blocks' | 'all': recompute activations in backward
+                                               # (same gradients, less memory; docs/memory.md)
 
   config.optim = optim = ml_collections.ConfigDict()
   optim.weight_decay = 0.

@@ -5,6 +5,8 @@ self-attention at `attn_resolutions`, a block-attention-block middle and a mirro
 path; GroupNorm always uses 32 groups. `forward(x, labels)`: x (B, C, H, W) in [0, 1] (or
 [-1, 1] with `data.centered`), labels (B,) the (possibly fractional) time step, embedded
 sinusoidally. Module order in `all_modules` is the official checkpoints' file format.
+`model.checkpointing` ('none' | 'blocks' | 'all') recomputes activations in the backward pass
+(as in NCSN++; docs/memory.md).
 """
 import functools
 
@@ -33,6 +35,7 @@ class DDPM(nn.Module):
     self.conditional = conditional = cm.conditional
     self.centered = config.data.centered
     self.scale_by_sigma = cm.scale_by_sigma
+    self.checkpointing = layers.checkpointing(config)  # recompute activations in backward
     channels = config.data.num_channels
     resamp_with_conv = cm.resamp_with_conv
 
@@ -84,6 +87,14 @@ class DDPM(nn.Module):
   def forward(self, x, labels):
     """Network output (B, C, H, W); divided by sigmas[labels] (float64) with `scale_by_sigma`."""
     modules = iter(self.all_modules)
+    # Activation checkpointing (model.checkpointing) only where a backward pass will follow.
+    train = self.training and torch.is_grad_enabled()
+    blocks = train and self.checkpointing != 'none'  # residual blocks, attention, skip cats
+    whole = train and self.checkpointing == 'all'    # also the resamplers and the head
+
+    def block(*args):
+      return layers.call(next(modules), *args, checkpoint=blocks)
+
     if self.conditional:
       temb = layers.get_timestep_embedding(labels, self.nf)
       temb = next(modules)(temb)
@@ -95,28 +106,29 @@ class DDPM(nn.Module):
     hs = [next(modules)(h)]
     for i_level in range(self.num_resolutions):
       for _ in range(self.num_res_blocks):
-        h = next(modules)(hs[-1], temb)
+        h = block(hs[-1], temb)
         if self.all_resolutions[i_level] in self.attn_resolutions:
-          h = next(modules)(h)
+          h = block(h)
         hs.append(h)
       if i_level != self.num_resolutions - 1:
-        hs.append(next(modules)(hs[-1]))
+        hs.append(layers.call(next(modules), hs[-1], checkpoint=whole))
 
     h = hs[-1]
-    h = next(modules)(h, temb)
-    h = next(modules)(h)
-    h = next(modules)(h, temb)
+    h = block(h, temb)
+    h = block(h)
+    h = block(h, temb)
 
     for i_level in reversed(range(self.num_resolutions)):
       for _ in range(self.num_res_blocks + 1):
-        h = next(modules)(torch.cat([h, hs.pop()], dim=1), temb)
+        h = layers.call(layers.cat_call, next(modules), h, hs.pop(), temb, checkpoint=blocks)
       if self.all_resolutions[i_level] in self.attn_resolutions:
-        h = next(modules)(h)
+        h = block(h)
       if i_level != 0:
-        h = next(modules)(h)
+        h = layers.call(next(modules), h, checkpoint=whole)
     assert not hs
 
-    h = self._head(modules, h)
+    norm, conv = next(modules), next(modules)  # GroupNorm then conv3x3, in list order
+    h = layers.call(_head, norm, self.act, conv, h, checkpoint=whole)
     assert next(modules, None) is None, 'forward did not use every module'
 
     if self.scale_by_sigma:
@@ -124,6 +136,7 @@ class DDPM(nn.Module):
       h = h / self.sigmas[labels.long()].reshape(-1, 1, 1, 1)
     return h
 
-  def _head(self, modules, h):
-    norm, conv = next(modules), next(modules)  # GroupNorm then conv3x3, in list order
-    return conv(self.act(norm(h)))
+
+def _head(norm, act, conv, h):
+  """conv(act(norm(h))): the full-resolution output head."""
+  return conv(act(norm(h)))

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from . import up_or_down_sampling
 
@@ -20,6 +21,42 @@ _ACTIVATIONS = {
   'lrelu': lambda: nn.LeakyReLU(negative_slope=0.2),
   'swish': nn.SiLU,
 }
+
+
+# config.model.checkpointing: which activations the training forward pass keeps for backward.
+# 'blocks' keeps only the inputs of each residual block and attention layer (the up path's skip
+# concatenation included) and recomputes their insides; 'all' also the resamplers, the input /
+# output pyramids and the output heads (docs/memory.md measures both).
+CHECKPOINTING = ('none', 'blocks', 'all')
+
+
+def checkpointing(config):
+  """config.model.checkpointing, checked."""
+  value = config.model.checkpointing
+  if value not in CHECKPOINTING:
+    raise ValueError(f'Unknown config.model.checkpointing {value!r}; known: '
+                     f'{", ".join(CHECKPOINTING)}.')
+  return value
+
+
+def call(fn, *args, checkpoint=False):
+  """fn(*args); with `checkpoint`, its activations are freed and recomputed in the backward pass.
+
+  torch.utils.checkpoint, non-reentrant (composes with autocast, torch.compile and DDP) and with
+  the RNG state preserved: the recomputation draws the same dropout mask and runs the same
+  kernels on the same inputs, so gradients are bitwise those of the plain call. Callers pass
+  checkpoint=False in eval mode and under no_grad (a plain call, no overhead).
+  """
+  if checkpoint:
+    return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False,
+                                             preserve_rng_state=True)
+  return fn(*args)
+
+
+def cat_call(block, h, skip, temb):
+  """block(cat([h, skip], channels), temb): an up-path block with its skip concatenation, so a
+  checkpoint keeps h and skip (the latter alive anyway) instead of the 2x wider concatenation."""
+  return block(torch.cat([h, skip], dim=1), temb)
 
 
 def get_act(config):

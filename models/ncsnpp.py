@@ -18,6 +18,8 @@ block-attention-block, and a mirrored upsampling path fed with the skip activati
   scale_by_sigma       divide the output by sigma (NCSN-style score parameterisation)
   skip_rescale         divide residual sums by sqrt(2)
   init_scale           scale of the last conv of each block (0 means near-zero init)
+  checkpointing        'none' | 'blocks' | 'all': activations recomputed in the backward pass
+                       (layers.call; same gradients, less memory: docs/memory.md)
 
 `forward(x, time_cond)`: x (B, C, H, W) in [0, 1] (or [-1, 1] with `data.centered`); time_cond
 (B,) is sigma for 'fourier' and the (possibly fractional) label for 'positional'. Module order
@@ -67,6 +69,7 @@ class NCSNpp(nn.Module):
     self.conditional = conditional = cm.conditional
     self.centered = config.data.centered
     self.scale_by_sigma = cm.scale_by_sigma
+    self.checkpointing = layers.checkpointing(config)  # recompute activations in backward
     fir, fir_kernel = cm.fir, tuple(cm.fir_kernel)
     self.skip_rescale = skip_rescale = cm.skip_rescale
     self.resblock_type = resblock_type = _option(config, 'resblock_type')
@@ -189,6 +192,17 @@ class NCSNpp(nn.Module):
     official code).
     """
     modules = iter(self.all_modules)
+    # Activation checkpointing (model.checkpointing) only where a backward pass will follow.
+    train = self.training and torch.is_grad_enabled()
+    blocks = train and self.checkpointing != 'none'  # residual blocks, attention, skip cats
+    whole = train and self.checkpointing == 'all'    # also resamplers, pyramids, heads
+
+    def block(*args):
+      return layers.call(next(modules), *args, checkpoint=blocks)
+
+    def other(*args):
+      return layers.call(next(modules), *args, checkpoint=whole)
+
     if self.embedding_type == 'fourier':
       used_sigmas = time_cond
       temb = next(modules)(torch.log(time_cond))
@@ -207,60 +221,61 @@ class NCSNpp(nn.Module):
     hs = [next(modules)(x)]
     for i_level in range(self.num_resolutions):
       for _ in range(self.num_res_blocks):
-        h = next(modules)(hs[-1], temb)
+        h = block(hs[-1], temb)
         if self.all_resolutions[i_level] in self.attn_resolutions:
-          h = next(modules)(h)
+          h = block(h)
         hs.append(h)
       if i_level != self.num_resolutions - 1:
         if self.resblock_type == 'ddpm':
-          h = next(modules)(hs[-1])
+          h = other(hs[-1])
         else:
-          h = next(modules)(hs[-1], temb)
+          h = block(hs[-1], temb)
         if self.progressive_input == 'input_skip':
           input_pyramid = self.pyramid_downsample(input_pyramid)
-          h = next(modules)(input_pyramid, h)
+          h = other(input_pyramid, h)
         elif self.progressive_input == 'residual':
-          input_pyramid = layers.residual_sum(next(modules)(input_pyramid), h,
-                                              self.skip_rescale)
+          input_pyramid = layers.call(_residual, next(modules), input_pyramid, h,
+                                      self.skip_rescale, checkpoint=whole)
           h = input_pyramid
         hs.append(h)
 
     # Middle.
     h = hs[-1]
-    h = next(modules)(h, temb)
-    h = next(modules)(h)
-    h = next(modules)(h, temb)
+    h = block(h, temb)
+    h = block(h)
+    h = block(h, temb)
 
     # Upsampling path.
     pyramid = None
     for i_level in reversed(range(self.num_resolutions)):
       for _ in range(self.num_res_blocks + 1):
-        h = next(modules)(torch.cat([h, hs.pop()], dim=1), temb)
+        h = layers.call(layers.cat_call, next(modules), h, hs.pop(), temb, checkpoint=blocks)
       if self.all_resolutions[i_level] in self.attn_resolutions:
-        h = next(modules)(h)
+        h = block(h)
       if self.progressive == 'output_skip':
-        pyramid_h = self._head(modules, h)
+        pyramid_h = self._head(modules, h, whole)
         if pyramid is None:
           pyramid = pyramid_h
         else:
           pyramid = self.pyramid_upsample(pyramid) + pyramid_h
       elif self.progressive == 'residual':
         if pyramid is None:
-          pyramid = self._head(modules, h)
+          pyramid = self._head(modules, h, whole)
         else:
-          pyramid = layers.residual_sum(next(modules)(pyramid), h, self.skip_rescale)
+          pyramid = layers.call(_residual, next(modules), pyramid, h, self.skip_rescale,
+                                checkpoint=whole)
           h = pyramid
       if i_level != 0:
         if self.resblock_type == 'ddpm':
-          h = next(modules)(h)
+          h = other(h)
         else:
-          h = next(modules)(h, temb)
+          h = block(h, temb)
     assert not hs
 
     if self.progressive == 'output_skip':
       h = pyramid
     else:
-      h = self._head(modules, h)
+      h = self._head(modules, h, whole)
     assert next(modules, None) is None, 'forward did not use every module'
 
     if self.scale_by_sigma:
@@ -269,6 +284,16 @@ class NCSNpp(nn.Module):
       h = h / used_sigmas.reshape(-1, *([1] * (h.dim() - 1)))
     return h
 
-  def _head(self, modules, h):
+  def _head(self, modules, h, checkpoint=False):
     norm, conv = next(modules), next(modules)  # GroupNorm then conv3x3, in list order
-    return conv(self.act(norm(h)))
+    return layers.call(_head, norm, self.act, conv, h, checkpoint=checkpoint)
+
+
+def _head(norm, act, conv, h):
+  """conv(act(norm(h))): an output head (full resolution at level 0)."""
+  return conv(act(norm(h)))
+
+
+def _residual(resample, pyramid, h, skip_rescale):
+  """The 'residual' pyramids' step: resample(pyramid) + h (over sqrt(2) with skip_rescale)."""
+  return layers.residual_sum(resample(pyramid), h, skip_rescale)

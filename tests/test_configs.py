@@ -26,9 +26,11 @@ DEFAULTS = ['default_celeba_configs', 'default_cifar10_configs', 'default_lsun_c
 PROJECT_CONFIGS = {'ve/digits_ncsnpp_continuous', 'vp/digits_ddpmpp_continuous'}
 # Keys this project adds to the defaults, with their default values.
 NEW_KEYS = {'data.root': None, 'data.download': False, 'sampling.num_steps': 18,
-            'sampling.order': 3, 'sampling.progress': True,
-            'sampling.dpm_method': 'singlestep', 'sampling.dpm_algorithm': 'dpmsolver++',
-            'sampling.dpm_schedule': 'logsnr', 'sampling.heun_schedule': 'edm',
+            'sampling.order': None, 'sampling.progress': True,
+            'sampling.dpm_method': None, 'sampling.dpm_algorithm': 'dpmsolver++',
+            'sampling.dpm_schedule': None, 'sampling.denoise_to_zero': None,
+            'sampling.unipc_variant': None, 'sampling.step_ladder': '',
+            'sampling.heun_schedule': 'edm',
             'sampling.heun_rho': 7., 'sampling.churn': 0., 'sampling.ode_method': 'RK45',
             'sampling.ode_rtol': 1e-5, 'sampling.ode_atol': 1e-5, 'sampling.ode_num_steps': 100,
             # the noise-conditional classifier (config.classifier of the defaults)
@@ -49,6 +51,9 @@ NEW_KEYS = {'data.root': None, 'data.download': False, 'sampling.num_steps': 18,
             'training.tf32': None, 'sampling.precision': 'fp32', 'sampling.compile': False,
             'sampling.compile_mode': 'default', 'eval.precision': 'fp32',
             'model.channels_last': False, 'optim.adam_impl': 'default', 'data.num_workers': None,
+            'model.checkpointing': 'none',  # activation checkpointing (docs/memory.md)
+            # runs on a cluster (preemption.py, datasets.check_image_folder)
+            'training.max_runtime_s': None, 'data.skip_unreadable': False,
             # --mode sample (sample_lib.py)
             'sample.ckpt': 'latest', 'sample.num': 64, 'sample.batch_size': 64,
             'sample.ema': True, 'sample.pc_steps': 0, 'sample.seeds': '', 'sample.out': '', 'sample.task': 'generate',

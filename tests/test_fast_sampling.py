@@ -253,7 +253,7 @@ def test_tiny_ncsnpp_through_get_sampling_fn(method, expected_nfe):
   assert nfe == expected_nfe
   x2, _ = sampler(model, generator=torch.Generator().manual_seed(0))
   assert torch.equal(x, x2)
-  config.sampling.method = 'unipc'
+  config.sampling.method = 'ddim'
   with pytest.raises(ValueError, match='heun'):
     sampling.get_sampling_fn(config, sde, (2, 3, 8, 8), lambda x: x, eps)
 
@@ -280,3 +280,99 @@ def test_heun_ladder_from_config():
   assert not torch.allclose(outs['edm', 7.], outs['edm', 3.])
   assert not torch.allclose(outs['edm', 7.], outs['logsnr', 7.])
 
+
+
+# --- What sampling.num_steps alone selects (fast_sampling.budget_settings) -----------------------
+
+def _config(method, num_steps, **sampling_keys):
+  import ml_collections
+  from configs import with_defaults
+  return with_defaults(ml_collections.ConfigDict({
+    'training': {'continuous': True}, 'device': 'cpu',
+    'sampling': dict(method=method, num_steps=num_steps, progress=False, **sampling_keys)}))
+
+
+def _from_config(config, sde, z, model):
+  import sampling
+  eps = _eps_of(sde)
+  return sampling.get_sampling_fn(config, sde, z.shape, lambda v: v, eps)(model, z=z)
+
+
+@pytest.mark.parametrize('sde_name', ['ve', 'vp'])
+def test_explicit_dpm_solver_settings_sample_as_before(sde_name):
+  """A config that sets any of order / dpm_method / dpm_schedule gets the former defaults for the
+  others (3, 'singlestep', 'logsnr', no final step): bit-identical to dpm_solver_sample called
+  with them, as before the budget chose settings. From 20 evaluations the budget's choice is
+  that same single-step order 3 (the README's digits row at 20 is unchanged)."""
+  sde, eps, mixture, score_fn = _setup(sde_name)
+  model = ExactScoreModel(sde, mixture, continuous=True)
+  z = sde.prior_sampling((8,) + EVENT, generator=torch.Generator().manual_seed(7))
+  cases = [(10, dict(order=3), (3, 'singlestep', 'logsnr')),
+           (10, dict(order=2), (2, 'singlestep', 'logsnr')),
+           (10, dict(dpm_method='multistep'), (3, 'multistep', 'logsnr')),
+           (12, dict(dpm_schedule='time_uniform'), (3, 'singlestep', 'time_uniform')),
+           (20, dict(), (3, 'singlestep', 'logsnr')), (24, dict(), (3, 'singlestep', 'logsnr'))]
+  for nfe, keys, (order, method, schedule) in cases:
+    x, n = _from_config(_config('dpm_solver', nfe, **keys), sde, z, model)
+    expected, _ = fs.dpm_solver_sample(score_fn, sde, z.shape, nfe, order, method, 'dpmsolver++',
+                                       schedule, eps, z=z)
+    assert n == nfe and torch.equal(x, expected), (nfe, keys)
+
+
+def test_budget_settings_and_the_final_step():
+  """num_steps alone: multistep order 3 below 8 evaluations and order 2 from 8, the logSNR
+  ladder down to sigma = 0.01 (sub-VP's sigma(eps) is 1e-4), the final step at 6 under VP /
+  sub-VP and for UniPC from 12; num_steps counts the final step. DPM-Solver++ 3M with the final
+  step (the issue's 9 steps + 1) is reachable with explicit keys."""
+  ve, vp, subvp = sde_lib.VESDE(), sde_lib.VPSDE(), sde_lib.subVPSDE()
+  get = lambda sampler, sde, nfe: fs.budget_settings(sampler, sde, nfe)
+  assert get('unipc', vp, 10) == dict(order=2, method='multistep', schedule=None,
+                                      denoise_to_zero=False, variant='bh2')
+  assert get('dpm_solver', ve, 5)['order'] == 3 and get('dpm_solver', ve, 8)['order'] == 2
+  assert [get('unipc', s, 6)['denoise_to_zero'] for s in (ve, vp, subvp)] == [False, True, True]
+  assert get('unipc', ve, 12)['denoise_to_zero'] and not get('dpm_solver', ve, 12)['denoise_to_zero']
+  assert get('dpm_solver', vp, 20) == dict(fs.DPM_LEGACY, variant=None)
+  args = fs.solver_arguments(get('unipc', subvp, 6), None, subvp, 1e-3, 6)
+  assert args['num_steps'] == 5 and args['denoise_to_zero']
+  assert float(subvp.scale_and_sigma(torch.tensor(args['eps']))[1]) == pytest.approx(0.01)
+  assert fs.solver_arguments(get('unipc', vp, 10), None, vp, 1e-3, 10)['eps'] == 1e-3
+
+  sde, eps, mixture, score_fn = _setup('vp')
+  model = ExactScoreModel(sde, mixture, continuous=True)
+  z = sde.prior_sampling((8,) + EVENT, generator=torch.Generator().manual_seed(8))
+  config = _config('dpm_solver', 10, order=3, dpm_method='multistep', denoise_to_zero=True)
+  x, nfe = _from_config(config, sde, z, model)
+  expected, _ = fs.dpm_solver_sample(score_fn, sde, z.shape, 9, 3, 'multistep', eps=eps,
+                                     denoise_to_zero=True, z=z)
+  assert nfe == 10 and torch.equal(x, expected)
+  # denoise_to_zero is newer than the former defaults: setting it keeps the budget's ladder
+  # (under sub-VP down to 0.01, not to sigma(1e-3) = 1e-4).
+  settings, _ = fs.settings_from_config(config, 'dpm_solver', subvp)
+  assert settings['schedule'] is None and settings['order'] == 3
+
+
+def test_step_ladder_from_a_json_file(tmp_path):
+  """config.sampling.step_ladder: the sampler runs on the file's levels with the settings the file
+  was fitted for; a file for another budget or sampler, or a ladder that does not start at
+  sigma(T), is refused."""
+  import json
+  sde, eps, mixture, score_fn = _setup('ve')
+  model = ExactScoreModel(sde, mixture, continuous=True)
+  z = sde.prior_sampling((8,) + EVENT, generator=torch.Generator().manual_seed(9))
+  sigmas = [50., 10., 2., 0.5, 0.1, 0.03, 0.01]
+  record = dict(sampler='unipc', nfe=6, order=3, method='multistep', variant='bh1',
+                denoise_to_zero=False, sigmas=sigmas)
+  path = tmp_path / 'ladder.json'
+  path.write_text(json.dumps(record))
+  x, nfe = _from_config(_config('unipc', 6, step_ladder=str(path)), sde, z, model)
+  import unipc
+  expected, _ = unipc.unipc_sample(score_fn, sde, z.shape, 6, 3, 'bh1', sigmas=sigmas, z=z)
+  assert nfe == 6 and torch.equal(x, expected)
+  with pytest.raises(ValueError, match='at 6 evaluations'):
+    _from_config(_config('unipc', 8, step_ladder=str(path)), sde, z, model)
+  with pytest.raises(ValueError, match='not dpm_solver'):
+    _from_config(_config('dpm_solver', 6, step_ladder=str(path)), sde, z, model)
+  with pytest.raises(ValueError, match='starts at sigma'):
+    fs.check_ladder(sde, [40.] + sigmas[1:], 7)
+  with pytest.raises(ValueError, match='decrease'):
+    fs.check_ladder(sde, [50., 60.] + sigmas[2:], 7)

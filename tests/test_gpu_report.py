@@ -11,7 +11,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def test_gpu_report_runs_every_row_and_writes_the_table(tmp_path):
   env = dict(os.environ, DEVICE='cpu', CONFIGS='ve/digits_ncsnpp_continuous', TRAIN_BATCH='2',
-             SAMPLE_BATCH='2', STEPS='1', COMPILE='0', OUT=str(tmp_path), OMP_NUM_THREADS='2')
+             SAMPLE_BATCH='2', STEPS='1', COMPILE='0', OUT=str(tmp_path), OMP_NUM_THREADS='2',
+             MEMORY_CONFIGS='ve/digits_ncsnpp_continuous', MEMORY_BATCH='2')
   run = subprocess.run(['bash', str(ROOT / 'bench' / 'gpu_report.sh')], env=env, cwd=tmp_path,
                        capture_output=True, text=True, timeout=300)
   assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
@@ -31,3 +32,12 @@ def test_gpu_report_runs_every_row_and_writes_the_table(tmp_path):
       ('sampling, dpm_solver 20 NFE', 'fp32', 'False'),
       ('sampling, dpm_solver 20 NFE', 'bf16', 'True')]
   assert all(float(r[7]) > 0 for r in rows)  # images/s
+  # The memory rows: a real step's peak with and without checkpointing, beside the estimate.
+  memory = json.loads((tmp_path / 'memory_digits_ncsnpp_continuous.json').read_text())['rows']
+  assert [(r['precision'], r['checkpointing']) for r in memory] == [
+      ('fp32', 'none'), ('fp32', 'blocks'), ('bf16', 'none'), ('bf16', 'blocks')]
+  assert all(0 < r['peak_gib'] and r['batch'] == 2 for r in memory)
+  assert memory[1]['peak_gib'] <= memory[0]['peak_gib']
+  lines = (tmp_path / 'memory.md').read_text().splitlines()
+  assert lines[0].startswith('| config | device | precision | checkpointing | batch | peak GiB |')
+  assert len(lines) == 2 + len(memory)
