@@ -21,7 +21,6 @@ import re
 import weakref
 
 import torch
-import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -210,22 +209,8 @@ def _step_config(config, batch, precision, checkpointing, cuda):
 def _upfirdn2d_as_on_cuda(x, kernel, up=1, down=1, pad=(0, 0)):
   """models.up_or_down_sampling.upfirdn2d without its CPU float32 detour: the depthwise
   convolution under autocast, as CUDA runs it (same code path otherwise; tests compare them)."""
-  c = x.shape[1]
-  kh, kw = kernel.shape
-  p0, p1 = pad
-  if up > 1:
-    weight = kernel.expand(c, 1, kh, kw)
-    crop_h, crop_w = (kh - 1 - p0, kh - up - p1), (kw - 1 - p0, kw - up - p1)
-    if crop_h == crop_w and crop_h[0] == crop_h[1] >= 0:
-      x = F.conv_transpose2d(x, weight, stride=up, padding=crop_h[0], groups=c)
-    else:
-      x = F.conv_transpose2d(x, weight, stride=up, groups=c)
-      x = F.pad(x, (-crop_w[0], -crop_w[1], -crop_h[0], -crop_h[1]))
-    return x[:, :, ::down, ::down] if down > 1 else x
-  if p0 or p1:
-    x = F.pad(x, (p0, p1, p0, p1))
-  weight = torch.flip(kernel, (0, 1)).expand(c, 1, kh, kw)
-  return F.conv2d(x, weight, stride=down, groups=c)
+  from models import up_or_down_sampling
+  return up_or_down_sampling.depthwise_fir(x, kernel, up, down, pad)
 
 
 @contextlib.contextmanager
