@@ -100,8 +100,9 @@ def unipc_sample(score_fn, sde, shape, num_steps=10, order=3, variant='bh1', sch
       evaluation, and the last step has none (it would need one more evaluation).
     order: the predictor's order p, 1-3 (the first steps use fewer points, as any multistep
       method); with its corrector a step is of order p + 1.
-    variant: B(h) = h ('bh1', UniPC's choice for unconditional sampling at few steps) or e^h - 1
-      in noise-prediction time ('bh2', i.e. 1 - e^-h here).
+    variant: B(h) = h ('bh1', the paper's choice for unconditional sampling at few steps) or
+      e^h - 1 in noise-prediction time ('bh2', i.e. 1 - e^-h here; the budget's choice, better
+      in docs/few_step_sampling.md's measurements).
     schedule: the ladder of `fast_sampling.get_sigma_schedule`, if `sigmas` is not given.
     denoise_to_zero: one more evaluation returning D(y; sigma_last) (the sample at t = 0).
     lower_order_final: orders at most num_steps - i for the last steps when num_steps < 15, as
