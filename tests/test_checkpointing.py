@@ -11,7 +11,7 @@ import torch
 import torch.utils.checkpoint
 
 import memory
-from conftest import ROOT
+from conftest import ROOT, assert_same_run
 from model_checks import load_parity, parity_config, randomize_
 from models import layers
 from models import utils as mutils
@@ -237,14 +237,8 @@ def test_sigkill_and_resume_with_checkpointing_gives_the_uninterrupted_weights(t
 
   whole = runs['blocks']
   for other in (runs['killed'], runs['none']):
-    assert other['step'] == whole['step'] == n_iters + 1
-    for key, value in whole['model'].items():
-      assert torch.equal(value, other['model'][key]), key
-    for a, b in zip(whole['ema']['shadow_params'], other['ema']['shadow_params']):
-      assert torch.equal(a, b)
-    for i, state in whole['optimizer']['state'].items():
-      assert all(torch.equal(v, other['optimizer']['state'][i][k]) for k, v in state.items())
-    assert torch.equal(whole['rng'][0]['torch'], other['rng'][0]['torch'])  # dropout's stream
+    assert whole['step'] == n_iters + 1
+    assert_same_run(whole, other)  # dropout's stream included
   assert any('all_modules.' in k for k in whole['model']), list(whole['model'])[:3]  # NCSN++
 
 

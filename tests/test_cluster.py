@@ -29,6 +29,7 @@ import preemption
 import run_lib
 import sample_lib
 import workdir
+from conftest import assert_same_run
 from test_train import _load, python_command, tiny_config
 
 N_ITERS = 20
@@ -43,19 +44,6 @@ def _is_user_error(cls):
   names = subprocess.run([sys.executable, '-c', code], cwd=pathlib.Path(__file__).resolve().parents[1],
                          capture_output=True, text=True, timeout=300, check=True).stdout.split()
   return any(f'{c.__module__}.{c.__qualname__}' in names for c in cls.__mro__)
-
-
-def _assert_same_run(a, b):
-  """Two resume checkpoints (dicts) hold the same step, weights, EMA, Adam state and RNG."""
-  assert a['step'] == b['step']
-  for key, value in a['model'].items():
-    assert torch.equal(value, b['model'][key]), key
-  for x, y in zip(a['ema']['shadow_params'], b['ema']['shadow_params']):
-    assert torch.equal(x, y)
-  for i, state in a['optimizer']['state'].items():
-    assert all(torch.equal(v, b['optimizer']['state'][i][k]) for k, v in state.items())
-  for x, y in zip(a['rng'], b['rng']):
-    assert torch.equal(x['noise'], y['noise']) and torch.equal(x['torch'], y['torch'])
 
 
 def _meta(run):
@@ -125,7 +113,7 @@ def test_sigterm_checkpoints_exits_75_and_resumes_bit_identically(tmp_path, whol
   assert not [p for p in (run / 'checkpoints-meta').iterdir() if p.name != 'checkpoint.pth']
   run_lib.train(tiny_config(N_ITERS), str(run))
   assert 'Starting training loop at step 8' in (run / 'stdout.txt').read_text()
-  _assert_same_run(whole, _meta(run))
+  assert_same_run(whole, _meta(run))
 
 
 def test_sigusr1_and_max_runtime_stop_after_a_step_and_resume_bit_identically(
@@ -149,7 +137,7 @@ def test_sigusr1_and_max_runtime_stop_after_a_step_and_resume_bit_identically(
     run_lib.train(tiny_config(N_ITERS, **{'training.max_runtime_s': 0.001}), str(tmp_path))
   assert _meta(tmp_path)['step'] == 13
   run_lib.train(tiny_config(N_ITERS), str(tmp_path))  # a resumable change
-  _assert_same_run(whole, _meta(tmp_path))
+  assert_same_run(whole, _meta(tmp_path))
   with pytest.raises(ValueError, match='max_runtime_s is -1'):
     run_lib.train(tiny_config(N_ITERS, **{'training.max_runtime_s': -1}), str(tmp_path))
 
@@ -246,7 +234,7 @@ def test_unreadable_newest_resume_checkpoint_falls_back_to_the_previous(tmp_path
   warning = ' '.join(r.getMessage() for r in caplog.records)
   assert f'{newest} cannot be read' in warning and f'previous version {previous} (step 11)' in warning
   assert 'Starting training loop at step 11' in (tmp_path / 'stdout.txt').read_text()
-  _assert_same_run(whole, _meta(tmp_path))
+  assert_same_run(whole, _meta(tmp_path))
   assert (tmp_path / 'checkpoints-meta' / 'checkpoint.pth.unreadable').read_bytes() == data[:len(data) // 2]
   assert 'prev' not in str(checkpoints.resolve_checkpoint(tmp_path, 'latest'))
   # Neither readable: the error of today, and a word on the previous one.
