@@ -53,6 +53,7 @@ import losses
 import preemption
 import sampling
 import sde_lib
+import visuals
 from checkpoints import build_state, restore_checkpoint
 from datasets import to_uint8
 from folder_lock import locked
@@ -121,11 +122,11 @@ def eval_loss(config, state, sde, eval_ds, scaler, out_path):
   return float(all_losses.mean())
 
 
-def bpd_file(eval_dir, config, ckpt, batch_id):
-  return os.path.join(eval_dir, f'{config.eval.bpd_dataset.lower()}_ckpt_{ckpt}_bpd_{batch_id}.npz')
+def bpd_file(eval_dir, config, ckpt, batch_id, name='bpd'):  # name 'bound': the SDE bound's
+  return os.path.join(eval_dir, f'{config.eval.bpd_dataset.lower()}_ckpt_{ckpt}_{name}_{batch_id}.npz')
 
 
-def eval_bpd(config, model, likelihood_fn, ds_bpd, num_repeats, scaler, eval_dir, ckpt):
+def eval_bpd(config, model, likelihood_fn, ds_bpd, num_repeats, scaler, eval_dir, ckpt, name='bpd'):
   """Bits/dim of every batch of `ds_bpd`, `num_repeats` times -> one file per batch.
 
   Batch K = batch_id + len(ds_bpd) * repeat is skipped when its file exists, and handled by rank
@@ -133,12 +134,13 @@ def eval_bpd(config, model, likelihood_fn, ds_bpd, num_repeats, scaler, eval_dir
   """
   rank, world = distributed.rank_world()
   total = len(ds_bpd) * num_repeats
-  pending = [k for k in range(rank, total, world) if not os.path.exists(bpd_file(eval_dir, config, ckpt, k))]
+  pending = [k for k in range(rank, total, world)
+             if not os.path.exists(bpd_file(eval_dir, config, ckpt, k, name))]
   if pending:
-    logging.info('ckpt %d: bits/dim of %d batch(es) of %d %s images with the probability-flow '
-                 'ODE (%d repeat(s) of %d batches; %d of them on this process still to do)',
-                 ckpt, len(pending), ds_bpd.batch_size, config.eval.bpd_dataset, num_repeats,
-                 len(ds_bpd), len(pending))
+    logging.info('ckpt %d: bits/dim of %d batch(es) of %d %s images with the %s (%d repeat(s) of '
+                 '%d batches; %d of them on this process still to do)', ckpt, len(pending),
+                 ds_bpd.batch_size, config.eval.bpd_dataset, {'bpd': 'probability-flow ODE',
+                 'bound': 'SDE likelihood bound'}[name], num_repeats, len(ds_bpd), len(pending))
     # Repeat r reads epoch r of the stream: a new order and new dequantization noise.
     stream = itertools.islice(ds_bpd.iterate(0), total)
     todo = set(pending)
@@ -147,17 +149,17 @@ def eval_bpd(config, model, likelihood_fn, ds_bpd, num_repeats, scaler, eval_dir
       if k not in todo:
         continue
       generator = torch.Generator(device=config.device).manual_seed(
-        derive_seed(config.seed, BITS_PER_DIM, ckpt, k))
+        derive_seed(config.seed, BITS_PER_DIM, ckpt, k, *(() if name == 'bpd' else (1,))))
       start = time.perf_counter()
       bpd, _, nfe = likelihood_fn(model, scaler(batch.to(config.device)), generator=generator)
       bpd = bpd.detach().cpu().numpy().reshape(-1)
-      savez_atomic(bpd_file(eval_dir, config, ckpt, k), bpd)
+      savez_atomic(bpd_file(eval_dir, config, ckpt, k, name), bpd)
       bar.update(1)
       logging.info('ckpt %d, repeat %d, batch %d: mean bpd %.6f (%d evaluations, %.1f s)', ckpt,
                    k // len(ds_bpd), k % len(ds_bpd), bpd.mean(), nfe, time.perf_counter() - start)
     bar.close()
   distributed.barrier()
-  return float(np.concatenate([np.load(bpd_file(eval_dir, config, ckpt, k))['arr_0']
+  return float(np.concatenate([np.load(bpd_file(eval_dir, config, ckpt, k, name))['arr_0']
                                for k in range(total)]).mean())
 
 
@@ -299,7 +301,7 @@ def build_tools(config, sde, sampling_eps):
   if ev.enable_loss:
     tools['eval_ds'] = eval_batches(config, train=False,
                                     uniform_dequantization=config.data.uniform_dequantization)
-  if ev.enable_bpd:
+  if ev.enable_bpd or ev.enable_bound:
     split = ev.bpd_dataset.lower()
     if split not in ('train', 'test'):
       raise ValueError(f'config.eval.bpd_dataset is {ev.bpd_dataset!r}; use "train" or "test".')
@@ -311,8 +313,7 @@ def build_tools(config, sde, sampling_eps):
                        'the reference\'s 5 on the test split, 1 on train).')
     tools['ds_bpd'] = eval_batches(config, train=split == 'train', uniform_dequantization=True,
                                    repeat=True)
-    tools['likelihood_fn'] = likelihood.get_likelihood_fn(
-      sde, inverse_scaler, rtol=ev.bpd_rtol, atol=ev.bpd_atol)
+    tools.update(likelihood.eval_functions(config, sde, inverse_scaler))  # ODE, bound
   return tools, sampling_error
 
 
@@ -338,9 +339,10 @@ def evaluate_checkpoint(config, state, sde, tools, eval_dir, ckpt, rank):
   if 'eval_ds' in tools and rank == 0:
     results['loss'] = eval_loss(config, state, sde, tools['eval_ds'], tools['scaler'],
                                 os.path.join(eval_dir, f'ckpt_{ckpt}_loss.npz'))
-  if 'likelihood_fn' in tools:
-    results['bpd'] = eval_bpd(config, state['model'], tools['likelihood_fn'], tools['ds_bpd'],
-                              tools['num_repeats'], tools['scaler'], eval_dir, ckpt)
+  for name, key in (('bpd', 'likelihood_fn'), ('bound', 'bound_fn')):
+    if key in tools:
+      results[name] = eval_bpd(config, state['model'], tools[key], tools['ds_bpd'],
+                               tools['num_repeats'], tools['scaler'], eval_dir, ckpt, name)
   if 'sampling_fn' in tools:
     results.update(sample_and_score(config, state['model'], tools,
                                     os.path.join(eval_dir, f'ckpt_{ckpt}'), ckpt, rank))
@@ -358,8 +360,8 @@ def eval_identity(config):
                         if k not in ('progress', 'compile', 'compile_mode', 'precision')},
                features=dict(network=ev.feature_network,
                              inception_mode=ev.inception_mode),
-               bpd=dict(dataset=ev.bpd_dataset, repeats=ev.bpd_num_repeats,
-                        rtol=ev.bpd_rtol, atol=ev.bpd_atol),
+               bpd=dict(dataset=ev.bpd_dataset, repeats=ev.bpd_num_repeats, rtol=ev.bpd_rtol,
+                        atol=ev.bpd_atol, dequantization=ev.dequantization, bound=ev.bound_num_samples),
                data=dict(dataset=config.data.dataset, image_size=config.data.image_size,
                          uniform_dequantization=config.data.uniform_dequantization))
   return as_json(found)
@@ -371,7 +373,10 @@ def check_eval_folder(eval_dir, config):
   path = os.path.join(eval_dir, 'eval_config.json')
   ident = eval_identity(config)
   if os.path.exists(path):
-    refuse_other_run(read_json(path), ident, f'{eval_dir} holds an evaluation made with other '
+    saved = read_json(path)
+    # Folders from before these entries: bits/dim used uniform dequantization, and no bound.
+    saved['bpd'] = dict(dict(dequantization='uniform', bound=ident['bpd']['bound']), **saved['bpd'])
+    refuse_other_run(saved, ident, f'{eval_dir} holds an evaluation made with other '
                      'settings', 'Its files would be reused as they are: pass another '
                      '--eval_folder, or delete the folder to evaluate again.')
   else:
@@ -397,12 +402,16 @@ def _evaluate(config, workdir, eval_folder, rank):
     wait_for_checkpoint(path, ev.ckpt_timeout_s, ev.ckpt_poll_s)
     if rank == 0:
       logging.info('Evaluating checkpoint %d (%s): %s', ckpt, path, ', '.join(
-        name for name, key in (('loss', 'eval_ds'), ('bits/dim', 'likelihood_fn'),
+        name for name, key in (('loss', 'eval_ds'), ('bits/dim', 'likelihood_fn'), ('bound', 'bound_fn'),
                                ('sample quality', 'sampling_fn')) if key in tools) or 'nothing enabled')
     restore_ckpt(config, state, path)
     results = evaluate_checkpoint(config, state, sde, tools, eval_dir, ckpt, rank)
     if rank == 0 and results:
       write_report(eval_dir, ckpt, results)
+      # TensorBoard, against the loop step that wrote the checkpoint (its stored step - 1: the
+      # x axis of the training curves).
+      visuals.add_eval_scalars(workdir, int(state['step']) - 1, results,
+                               prefix=os.path.basename(os.path.normpath(eval_folder)))
   if sampling_error is not None:
     raise sampling_error
 

@@ -343,6 +343,14 @@ def heun_from_config(config, sde, shape, inverse_scaler, eps):
 # are 0.01, while sub-VP's sigma(1e-3) = 1e-4 would put a third of a logSNR-uniform ladder below
 # 0.01, where the ODE of data on pixel scales barely moves (docs/few_step_sampling.md).
 FINAL_SIGMA = 0.01
+# DPM-Solver++ 2M (8-19 evaluations) under VP / sub-VP ends its ladder at 0.005 instead: its last
+# long step narrows fine modes (std 0.05-0.1) by 4-8 % when it ends at 0.01, 1-5 % at 0.005,
+# with wide data within 3 % either way (docs/few_step_sampling.md). VE stops at sigma_min.
+DPM2_FINAL_SIGMA = 0.005
+# The smallest time continuous networks are trained at (losses.get_sde_loss_fn's eps): a ladder
+# may end below the sampler's eps (1e-3 under VP) down to it, but a discrete network is not
+# asked below eps, the level of its first timestep.
+CONTINUOUS_TRAINING_EPS = 1e-5
 # dpm_solver's settings before the budget chose them: a config that sets any of order /
 # dpm_method / dpm_schedule, and not the newer denoise_to_zero, gets these for those it leaves
 # None, and samples as before.
@@ -353,15 +361,19 @@ LADDER_KEYS = ('sampler', 'nfe', 'order', 'method', 'variant', 'denoise_to_zero'
 def budget_settings(sampler, sde, nfe):
   """The settings of 'dpm_solver' / 'unipc' at `nfe` evaluations when the config leaves them
   None: dict of order, method, schedule (None: logSNR-uniform down to max(sigma(eps),
-  FINAL_SIGMA)), denoise_to_zero, variant. From the exact-score measurements in
+  final_sigma)), denoise_to_zero, variant, final_sigma. From the exact-score measurements in
   docs/few_step_sampling.md: multistep order 3 below 8 evaluations, order 2 from 8 (order 3
   widens a Gaussian of std 0.5 by 10-20 % at 8-12); the final step at 6 under VP / sub-VP and,
-  for UniPC, from 12; dpm_solver keeps its former single-step order 3 from 20 (at the floor)."""
+  for UniPC, from 12; DPM-Solver's order 2 ends at DPM2_FINAL_SIGMA under VP / sub-VP;
+  dpm_solver keeps its former single-step order 3 from 20 (at the floor)."""
   if sampler == 'dpm_solver' and nfe >= 20:
-    return dict(DPM_LEGACY, variant=None)
+    return dict(DPM_LEGACY, variant=None, final_sigma=FINAL_SIGMA)
   final = (nfe == 6 and not isinstance(sde, sde_lib.VESDE)) or (sampler == 'unipc' and nfe >= 12)
-  return dict(order=3 if nfe < 8 else 2, method='multistep', schedule=None,
-              denoise_to_zero=final, variant='bh2' if sampler == 'unipc' else None)
+  order = 3 if nfe < 8 else 2
+  low = (sampler == 'dpm_solver' and order == 2 and not isinstance(sde, sde_lib.VESDE))
+  return dict(order=order, method='multistep', schedule=None, denoise_to_zero=final,
+              variant='bh2' if sampler == 'unipc' else None,
+              final_sigma=DPM2_FINAL_SIGMA if low else FINAL_SIGMA)
 
 
 def read_ladder(path):
@@ -394,20 +406,27 @@ def settings_from_config(config, sampler, sde):
         and any(given[k] is not None for k in ('order', 'method', 'schedule'))):
     base = dict(DPM_LEGACY, variant=None)
   settings = {k: base[k] if v is None else v for k, v in given.items()}
+  # The lowered end belongs to the budget's own DPM-Solver-2M choice, not to orders set by hand.
+  budget_choice = all(settings[k] == base[k] for k in given) and 'final_sigma' in base
+  settings['final_sigma'] = base['final_sigma'] if budget_choice else FINAL_SIGMA
   if settings['denoise_to_zero'] and s.num_steps < 2:
     raise ValueError('A final denoising step needs num_steps >= 2 evaluations.')
   return settings, sigmas
 
 
-def solver_arguments(settings, sigmas, sde, eps, num_steps):
+def solver_arguments(settings, sigmas, sde, eps, num_steps, continuous=True):
   """Keyword arguments of dpm_solver_sample / unipc_sample for `settings_from_config`'s result:
   the final step is one of the num_steps evaluations; schedule None is logSNR-uniform down to
-  max(sigma(eps), FINAL_SIGMA) (the sample is the one at that level without the final step)."""
+  max(sigma(eps), final_sigma) (the sample is the one at that level without the final step);
+  a final_sigma below FINAL_SIGMA may go below eps, to CONTINUOUS_TRAINING_EPS, for continuous
+  networks."""
   final = bool(settings['denoise_to_zero'])
   schedule = settings['schedule'] or 'logsnr'
   if settings['schedule'] is None and sigmas is None:
-    t_final = float(sde.sigma_inverse(torch.tensor(FINAL_SIGMA, dtype=torch.float64)))
-    eps = max(eps, t_final)
+    final_sigma = settings['final_sigma']
+    t_final = float(sde.sigma_inverse(torch.tensor(final_sigma, dtype=torch.float64)))
+    lowest = CONTINUOUS_TRAINING_EPS if continuous and final_sigma < FINAL_SIGMA else eps
+    eps = max(lowest, t_final)
   return dict(num_steps=num_steps - final, order=settings['order'], schedule=schedule, eps=eps,
               denoise_to_zero=final, sigmas=sigmas)
 
@@ -422,4 +441,5 @@ def dpm_solver_from_config(config, sde, shape, inverse_scaler, eps):
                                 continuous=config.training.continuous, device=config.device,
                                 method=settings['method'], algorithm=s.dpm_algorithm,
                                 progress=s.progress,
-                                **solver_arguments(settings, sigmas, sde, eps, s.num_steps))
+                                **solver_arguments(settings, sigmas, sde, eps, s.num_steps,
+                                                   config.training.continuous))

@@ -10,6 +10,7 @@ import math
 
 import torch
 
+import importance
 import precision as precision_lib
 from models import utils as mutils
 from sde_lib import VESDE, VPSDE
@@ -104,7 +105,8 @@ def _draw(batch, shard, generator, draw_labels):
   return labels[rank::world], z[rank::world]
 
 
-def get_sde_loss_fn(sde, train, reduce_mean=True, continuous=True, likelihood_weighting=True, eps=1e-5):
+def get_sde_loss_fn(sde, train, reduce_mean=True, continuous=True, likelihood_weighting=True, eps=1e-5,
+                    importance_weighting=False):
   """Denoising score matching mixed over t ~ U(eps, T) (paper, Eq. 7).
 
   For x(t) = mean(x0, t) + std(t) z, the per-example loss is
@@ -121,19 +123,32 @@ def get_sde_loss_fn(sde, train, reduce_mean=True, continuous=True, likelihood_we
     continuous: the network is conditioned on continuous time.
     likelihood_weighting: use lambda(t) = g(t)^2.
     eps: smallest time sampled, avoiding the singular std(0) = 0.
+    importance_weighting: with likelihood weighting, draw t from p(t) ~ g(t)^2 / std(t)^2 and
+      weight by Z / (T - eps) (`importance.py`): the same expected loss, far lower variance.
   Returns:
     loss_fn(model, batch (B, C, H, W), generator=None, shard=None) -> scalar, the batch mean.
   """
+  if importance_weighting and not likelihood_weighting:
+    raise ValueError('config.training.importance_weighting reweights the likelihood-weighted '
+                     'loss; set config.training.likelihood_weighting=True as well, or '
+                     'importance_weighting=False.')
   reduce_op = _reduce_op(reduce_mean)
+  if importance_weighting:
+    draw_t = lambda n, generator, device: importance.sample_time(sde, n, eps, generator, device)
+    scale = importance.normalizer(sde, eps) / (sde.T - eps)  # Z / (T - eps): keeps the mean
+  else:
+    draw_t = lambda n, generator, device: torch.rand(
+      n, generator=generator, device=device) * (sde.T - eps) + eps
 
   def loss_fn(model, batch, generator=None, shard=None):
     score_fn = mutils.get_score_fn(sde, model, train=train, continuous=continuous)
-    t, z = _draw(batch, shard, generator, lambda n: torch.rand(
-      n, generator=generator, device=batch.device) * (sde.T - eps) + eps)
+    t, z = _draw(batch, shard, generator, lambda n: draw_t(n, generator, batch.device))
     mean, std = sde.marginal_prob(batch, t)
     std = std.reshape(-1, *([1] * (batch.ndim - 1)))
     score = score_fn(mean + std * z, t)
-    if likelihood_weighting:
+    if importance_weighting:  # g^2 / std^2 is in the density of t; Z / (T - eps) is left
+      losses = reduce_op(torch.square(score * std + z)) * scale
+    elif likelihood_weighting:
       g2 = sde.sde(torch.zeros_like(batch), t)[1] ** 2
       losses = reduce_op(torch.square(score + z / std)) * g2
     else:
@@ -251,14 +266,15 @@ class StepFn:
 
 def get_step_fn(sde, train, optimize_fn=None, reduce_mean=False, continuous=True,
                 likelihood_weighting=False, generator=None, shard=None, precision='fp32',
-                scaler=None):
+                scaler=None, importance_weighting=False, eps=1e-5):
   """A `StepFn` for `sde`: the continuous SDE loss, or SMLD (VE) / DDPM (VP) when not continuous.
 
   Args:
     sde: an `sde_lib.SDE`.
     train: a training step (updates optimizer, step counter and EMA) or an evaluation step.
     optimize_fn: from `optimization_manager`; needed when training.
-    reduce_mean, continuous, likelihood_weighting: as in `get_sde_loss_fn`.
+    reduce_mean, continuous, likelihood_weighting, importance_weighting, eps: as in
+      `get_sde_loss_fn` (eps: config.training.smallest_time).
     generator: `torch.Generator` for the loss noise (on the batch's device); None: global RNG.
     shard: (rank, world_size) when the batch is one rank's part of a global batch.
     precision: 'fp32' | 'bf16' | 'fp16': autocast of the forward pass and the loss.
@@ -266,11 +282,13 @@ def get_step_fn(sde, train, optimize_fn=None, reduce_mean=False, continuous=True
   """
   if continuous:
     loss_fn = get_sde_loss_fn(sde, train, reduce_mean=reduce_mean, continuous=True,
-                              likelihood_weighting=likelihood_weighting)
+                              likelihood_weighting=likelihood_weighting,
+                              importance_weighting=importance_weighting, eps=eps)
   else:
-    if likelihood_weighting:
-      raise ValueError('likelihood_weighting needs continuous training; the discrete SMLD / DDPM '
-                       'losses have fixed weights. Set config.training.likelihood_weighting=False.')
+    if likelihood_weighting or importance_weighting:
+      raise ValueError('likelihood_weighting needs continuous training (importance_weighting too); '
+                       'the discrete SMLD / DDPM losses have fixed weights. Set config.training.'
+                       'likelihood_weighting=False and importance_weighting=False.')
     if isinstance(sde, VESDE):
       loss_fn = get_smld_loss_fn(sde, train, reduce_mean=reduce_mean)
     elif isinstance(sde, VPSDE):
@@ -289,7 +307,8 @@ def step_fns_from_config(config, sde, noise_generator, shard=None, grad_scaler=N
   tc = config.training
   kwargs = dict(reduce_mean=tc.reduce_mean, continuous=tc.continuous,
                 likelihood_weighting=tc.likelihood_weighting, generator=noise_generator, shard=shard,
-                precision=tc.precision)
+                precision=tc.precision, importance_weighting=tc.importance_weighting,
+                eps=tc.smallest_time)
   train_step = get_step_fn(sde, train=True, optimize_fn=optimization_manager(config),
                                   scaler=grad_scaler, **kwargs)
   # The evaluation loss draws from a generator of its own, reseeded per evaluation (eval_loss):

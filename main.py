@@ -6,6 +6,7 @@
     python main.py --config configs/ve/cifar10_ncsnpp_continuous.py --workdir runs/c10 --mode eval \
         --config.eval.batch_size=256
     torchrun --nproc_per_node=4 main.py --config ... --workdir ... --mode train   # DDP
+    python main.py --config ... --workdir ... --mode phema --config.phema.sweep=True  # post-hoc EMA
 
 Any config entry can be overridden with --config.section.key=value (ml_collections). A mistake in
 what was asked for (an unknown sampler, a bad seed range, a missing checkpoint or dataset, a
@@ -46,9 +47,14 @@ def _sample(config, workdir):
   return sample_lib.sample(config, workdir)  # images from a checkpoint (config.sample)
 
 
+def _phema(config, workdir):
+  import phema_lib
+  return phema_lib.run(config, workdir)  # post-hoc EMA checkpoints (config.phema), sweep
+
+
 # Mode name -> function(config, workdir). Add new modes here; --mode lists the keys.
 MODES = {'train': _train, 'eval': _eval, 'fid_stats': _fid_stats,
-         'train_classifier': _train_classifier, 'sample': _sample}
+         'train_classifier': _train_classifier, 'sample': _sample, 'phema': _phema}
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Training configuration (a configs/*.py file).',

@@ -24,7 +24,6 @@ DistributedDataParallel; config.training.batch_size stays the global batch, each
 DistributedSampler shard, and rank 0 logs and writes checkpoints and samples.
 """
 import logging
-import math
 import os
 import time
 
@@ -70,7 +69,8 @@ def save_samples(sampler, model, ema, sample_dir, step, config, rank, world):
   Each rank draws batch_size / world_size samples from its own stream, seeded by (config.seed,
   seeds.SNAPSHOT_SAMPLES, step, rank); the training RNG streams are left untouched.
   """
-  from torchvision.utils import make_grid, save_image
+  from torchvision.utils import save_image
+  import visuals
   if rank == 0:
     logging.info('step %d: drawing %d samples with the EMA weights (%r sampler) for %s', step,
                  config.training.batch_size, config.sampling.method,
@@ -94,23 +94,26 @@ def save_samples(sampler, model, ema, sample_dir, step, config, rank, world):
     dist.all_gather(parts, samples.contiguous())
     samples = torch.cat(parts)
   if rank != 0:
-    return
+    return None
   out_dir = os.path.join(sample_dir, f'iter_{step}')
   os.makedirs(out_dir, exist_ok=True)
   samples = samples.clamp(0, 1).cpu()
-  grid = make_grid(samples, nrow=int(math.sqrt(samples.shape[0])), padding=2)
+  grid = visuals.grid(samples)  # small images upscaled (nearest), to be seen without zooming
   write_atomic(os.path.join(out_dir, 'sample.png'), lambda tmp: save_image(grid, tmp, format='png'))
 
   def write_array(tmp):
     with open(tmp, 'wb') as f:  # a file object: np.save would append '.npy' to a name
       np.save(f, datasets.to_uint8(samples))  # truncated, as the reference writes it
   write_atomic(os.path.join(out_dir, 'sample.np'), write_array)
+  return grid
 
 
 class ScoreTrainer(train_loop.Trainer):
   """The score model's part of `train_loop.run`: config.training's schedule, precision and
   compilation, the SDE loss's step functions, the EMA weights' evaluation loss every eval_freq
-  steps, and EMA samples at each snapshot (training.snapshot_sampling)."""
+  steps, and EMA samples at each snapshot (training.snapshot_sampling; also in TensorBoard), and
+  the power-function EMAs of training.phema_sigma_rels (phema.py)."""
+  tracks_phema = True
 
   def __init__(self, config, workdir):
     super().__init__(config, Layout(workdir), train_loop.Schedule.of(config.training))
@@ -164,8 +167,10 @@ class ScoreTrainer(train_loop.Trainer):
 
   def snapshot(self, state, step):
     if self.sampler is not None:
-      save_samples(self.sampler, self.run.model, state['ema'], self.layout.samples, step,
-                   self.config, self.run.rank, self.run.world)
+      grid = save_samples(self.sampler, self.run.model, state['ema'], self.layout.samples, step,
+                          self.config, self.run.rank, self.run.world)
+      return None if grid is None else {'samples': grid}
+    return None
 
 
 def train(config, workdir):

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 import memory
+import phema
 import preemption
 from checkpoints import link_or_copy, restore_resume_checkpoint, save_checkpoint
 from distributed import gather_objects, global_mean, process_group
@@ -174,6 +175,7 @@ class Run:
   initial_step: int
   noise_generator: torch.Generator
   model: torch.nn.Module
+  phema: object = None  # phema.Tracker on rank 0 when training.phema_sigma_rels is set
 
 
 class Trainer:
@@ -190,6 +192,7 @@ class Trainer:
   loss_name = 'training_loss'
   distributed = True
   grad_scaler = None
+  tracks_phema = False  # config.training.phema_* apply (the score model's training)
 
   def __init__(self, config, layout, schedule):
     self.config, self.layout, self.schedule = config, layout, schedule
@@ -228,7 +231,8 @@ class Trainer:
     return {}
 
   def snapshot(self, state, step):
-    """After the snapshot checkpoint of `step` (every rank): what else a snapshot writes."""
+    """After the snapshot checkpoint of `step` (every rank): what else a snapshot writes.
+    Returns {tag: image grid (C, H, W) in [0, 1]} for TensorBoard (rank 0), or None."""
 
   def result(self, state):
     """What `run` returns at the end."""
@@ -316,11 +320,17 @@ def _run(config, trainer, rank, world, watch):
   initial_step = resume(trainer.layout, state, noise_generator, config, rank, world,
                         trainer.grad_scaler)
   model = state['model']
+  # The power-function EMAs ride in the resume checkpoint only (rank 0 tracks them).
+  resumed_phema = state.pop('phema', None)
+  if trainer.tracks_phema:
+    phema.check_training_config(config)  # on every rank: a bad setting stops them all
+  tracker = (phema.tracker_for_run(config, model, trainer.layout.root, initial_step, resumed_phema)
+             if trainer.tracks_phema and rank == 0 else None)
   state['model'] = trainer.training_model(model)
   if world > 1:
     state['model'] = torch.nn.parallel.DistributedDataParallel(
       state['model'], device_ids=[config.device.index] if config.device.type == 'cuda' else None)
-  run = Run(rank, world, initial_step, noise_generator, model)
+  run = Run(rank, world, initial_step, noise_generator, model, tracker)
   trainer.start(state, run)
 
   writer, progress = None, None
@@ -357,6 +367,8 @@ def _steps(config, trainer, state, run, writer, progress, watch):
     else:
       loss = trainer.step(state, step)
     pending.append(global_mean(loss, run.world))
+    if run.phema is not None:
+      run.phema.update()
     snapshot, preempts, evaluation = (sched.snapshots(step), sched.preempts(step),
                                       sched.evaluates(step))
     # A stop request (every rank votes, so all stop after this step) is a preemption checkpoint.
@@ -392,10 +404,17 @@ def _steps(config, trainer, state, run, writer, progress, watch):
     if snapshot:
       save(trainer.layout.snapshot(step // sched.snapshot_freq), state, run.noise_generator,
            config, rank, trainer.grad_scaler)
-      trainer.snapshot(state, step)
+      images = trainer.snapshot(state, step)
+      for tag, image in (images or {}).items() if rank == 0 else ():
+        writer.add_image(tag, image, step)
+    if run.phema is not None and (phema.snapshot_due(step, config.training) or stop is not None):
+      # (also at a stop: the run can be reconstructed at the step it stopped at)
+      run.phema.save_snapshot(os.path.join(trainer.layout.root, phema.SNAPSHOT_DIR), step,
+                              config.training.phema_snapshot_dtype)
     if preempts:
-      save(resume_path, state, run.noise_generator, config, rank, trainer.grad_scaler,
-           previous=trainer.layout.resume_previous)
+      tracked = {} if run.phema is None else {'phema': run.phema.state_dict()}
+      save(resume_path, dict(state, **tracked), run.noise_generator, config, rank,
+           trainer.grad_scaler, previous=trainer.layout.resume_previous)
     if stop is not None:
       raise watch.preempted(stop, f'step {step} was its last, and the resume checkpoint '
                             f'{resume_path} holds it')

@@ -156,4 +156,5 @@ def unipc_from_config(config, sde, shape, inverse_scaler, eps):
                      "dpm_solver's.")
   return get_unipc_sampler(sde, shape, inverse_scaler, continuous=config.training.continuous,
                            device=config.device, variant=settings['variant'], progress=s.progress,
-                           **fs.solver_arguments(settings, sigmas, sde, eps, s.num_steps))
+                           **fs.solver_arguments(settings, sigmas, sde, eps, s.num_steps,
+                                                 config.training.continuous))

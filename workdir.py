@@ -291,7 +291,8 @@ RESUMABLE_CHANGES = ('training.n_iters', 'training.log_freq', 'training.eval_fre
                      'training.snapshot_sampling', 'training.compile', 'training.compile_mode',
                      'training.cudnn_benchmark', 'eval.', 'sampling.', 'device', 'data.root',
                      'data.download', 'data.num_workers', 'classifier.', 'sample.',
-                     'training.max_runtime_s', 'data.skip_unreadable', 'model.checkpointing')
+                     'training.max_runtime_s', 'data.skip_unreadable', 'model.checkpointing',
+                     'training.phema_snapshot_freq', 'training.phema_snapshot_dtype', 'phema.')
 # training.max_runtime_s only says when a run stops; data.skip_unreadable only whether it starts
 # with unreadable images (the files it trains on are those of WORKDIR/image_check.json);
 # model.checkpointing recomputes activations bit for bit (tests/test_checkpointing.py).
@@ -299,7 +300,9 @@ RESUMABLE_CHANGES = ('training.n_iters', 'training.log_freq', 'training.eval_fre
 # a config.json without one reads as holding that value, so such runs still resume.
 ADDED_KEYS = {'training.precision': 'fp32', 'training.tf32': None, 'model.channels_last': False,
               'optim.adam_impl': 'default', 'training.max_runtime_s': None,
-              'data.skip_unreadable': False, 'model.checkpointing': 'none'}
+              'data.skip_unreadable': False, 'model.checkpointing': 'none',
+              'training.importance_weighting': False, 'training.phema_sigma_rels': [],
+              'training.smallest_time': 1e-5}
 
 
 def check_and_save_config(config, workdir):

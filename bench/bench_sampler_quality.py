@@ -180,6 +180,31 @@ def few_step_rows(name, make_sde, eps, mixture, n):
   return rows
 
 
+def ladder_rows(make_sde, eps, mixture, n, folder, nfes=(6, 10), num=256):
+  """(name, run) of `unipc` on a ladder scripts/optimize_ladder.py fits to the mixture's exact
+  score at each budget (`num` draws of other noise than the rows'; the JSON goes to `folder`)."""
+  import json
+  sys.path.insert(0, str(ROOT / 'scripts'))
+  import optimize_ladder
+  sde = make_sde(1000)
+  model = ExactScoreModel(sde, mixture, continuous=True)
+  score = mutils.ScoreModel.of(sde, model, continuous=True)
+  rows = []
+  for nfe in nfes:
+    settings = fs.budget_settings('unipc', sde, nfe)
+    sigmas, errors, *_ = optimize_ladder.fit(score, sde, eps, (num,) + SHAPE, 'unipc', settings,
+                                             nfe, seed=1000)
+    path = folder / f'mixture_{type(sde).__name__}_unipc_nfe{nfe}.json'
+    path.write_text(json.dumps(dict(settings, sampler='unipc', nfe=nfe, sigmas=sigmas,
+                                    **{f'error_{k}': v for k, v in errors.items()})))
+    print(f'fitted ladder at {nfe} NFE: relative error {errors["fitted"]:.4g} (logSNR '
+          f'{errors["logsnr"]:.4g})', flush=True)
+    rows.append((f'unipc fitted ladder NFE={nfe}',
+                 lambda g, nfe=nfe, path=path: _config_sampler(
+                   'unipc', nfe, sde, (n,) + SHAPE, eps, step_ladder=str(path))(model, generator=g)))
+  return rows
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--n', type=int, default=None, help='samples per row (default 4000)')
@@ -187,6 +212,8 @@ def main():
   parser.add_argument('--sdes', default='ve,vp', help='comma list of ve, vp, subvp')
   parser.add_argument('--few-step', action='store_true',
                       help='only the 5-10 evaluation rows of docs/few_step_sampling.md')
+  parser.add_argument('--ladders', action='store_true',
+                      help='with --few-step: also unipc on ladders fitted to the mixture (6, 10 NFE)')
   parser.add_argument('--out', default=None)
   args = parser.parse_args()
   args.out = args.out or str(RESULTS / ('few_step_quality.json' if args.few_step
@@ -211,6 +238,8 @@ def main():
     make_sde, eps = sdes[name]
     rows = (few_step_rows(name, make_sde, eps, mixture, n) if args.few_step
             else sampler_rows(make_sde, eps, mixture, n, args.quick))
+    if args.ladders:
+      rows += ladder_rows(make_sde, eps, mixture, n, RESULTS)
     # --few-step also runs each sampler on one wide Gaussian (std WIDE_STD, the scale of images
     # in [-1, 1]): the spread there shows what the 8-mode mixture's fine modes do not.
     wide = dict(few_step_rows(name, make_sde, eps, WIDE, n)) if args.few_step else {}

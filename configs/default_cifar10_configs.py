@@ -54,6 +54,9 @@ def get_default_configs():
   training.snapshot_freq_for_preemption = 10000  # steps between the overwritten resume checkpoint
   training.snapshot_sampling = True            # draw samples at each snapshot
   training.likelihood_weighting = False        # weight the loss by g(t)^2 (Song et al. 2021b)
+  training.importance_weighting = False        # with it, t ~ g^2 / std^2 and reweighted: the same
+                                               # loss, far lower variance (importance.py)
+  training.smallest_time = 1e-5                # t of the continuous loss is drawn from [this, 1]
   training.continuous = True                   # sample t in [eps, 1] (False: discrete N levels)
   training.reduce_mean = False                 # mean (not sum) of the loss over pixels
   training.max_runtime_s = config_dict.placeholder(float)  # stop after this many seconds of
@@ -71,6 +74,15 @@ def get_default_configs():
   training.tf32 = config_dict.placeholder(bool)  # CUDA: TF32 matmuls and convolutions (True),
                                                # neither (False); None: torch's default
                                                # (convolutions only, as the reference ran)
+  # Post-hoc EMA (phema.py, docs/phema.md): power-function EMAs tracked while training, from
+  # whose snapshots --mode phema reconstructs an EMA of any width afterwards.
+  training.phema_sigma_rels = ()               # relative widths tracked: () off; EDM2's
+                                               # (0.05, 0.1) with --config.training.
+                                               # phema_sigma_rels=0.05,0.1
+  training.phema_snapshot_freq = 25000         # steps between snapshots (and the last step);
+                                               # the disk use is logged when training starts
+  training.phema_snapshot_dtype = 'float32'    # snapshots' dtype: 'float32' | 'float16' (half
+                                               # the disk; ~1e-4 relative rounding)
 
   config.sampling = sampling = ml_collections.ConfigDict()
   sampling.n_steps_each = 1                    # corrector steps per noise level
@@ -119,6 +131,10 @@ def get_default_configs():
   evaluate.num_samples = 50000
   evaluate.enable_loss = True
   evaluate.enable_bpd = False                  # compute likelihoods (bits/dim)
+  evaluate.enable_bound = False                # and the SDE model's likelihood bound (bits/dim)
+  evaluate.bound_num_samples = 1000            # time samples per image of the bound (reference's)
+  evaluate.dequantization = 'uniform'          # of the 8-bit data for bits/dim: 'uniform' (the
+                                               # paper's); 'none' is refused (no bits/dim meaning)
   evaluate.bpd_dataset = 'test'                # split for the likelihoods: 'train' | 'test'
   evaluate.bpd_rtol = 1e-5                     # ODE tolerances of the likelihood (the reference's)
   evaluate.bpd_atol = 1e-5
@@ -163,6 +179,20 @@ def get_default_configs():
   sample.class_label = -1                      # conditional: the class; -1: seed mod classes
   sample.classifier_ckpt = ''                  # conditional: '' = newest checkpoint under
                                                # WORKDIR/classifier/checkpoints
+
+  # --mode phema (phema_lib.py): EMAs reconstructed from the snapshots of a run trained with
+  # training.phema_sigma_rels, written as ordinary checkpoints to WORKDIR/phema/.
+  config.phema = ph = ml_collections.ConfigDict()
+  ph.sigma_rels = '0.02,0.04,0.06,0.08,0.1,0.13,0.16,0.2'  # widths to reconstruct (comma-separated)
+  ph.ema_rates = ''                            # classic EMA decays to fit too, e.g. '0.999,0.9999'
+                                               # (score_sde's warm-up included); '': none
+  ph.step = 'latest'                           # 'latest' or the step of a snapshot
+  ph.sweep = False                             # also score each EMA (digits quality number on
+                                               # DIGITS, FID elsewhere): sweep.json, sweep.png
+  ph.sweep_num_samples = 256                   # images scored per EMA and repeat
+  ph.sweep_repeats = 3                         # repeats with other seeds: the spread
+  ph.sweep_baseline = True                     # also score the EMA (model.ema_rate) of the
+                                               # training checkpoint of the same step, if any
 
   config.data = data = ml_collections.ConfigDict()
   data.dataset = 'CIFAR10'

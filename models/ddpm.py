@@ -83,6 +83,8 @@ class DDPM(nn.Module):
     modules.append(layers.group_norm(in_ch, num_groups=32))
     modules.append(layers.ddpm_conv3x3(in_ch, channels, init_scale=0.))
     self.all_modules = nn.ModuleList(modules)
+    if self.checkpointing != 'none':
+      layers.checkpoint_halves(self)  # nested in the blocks' checkpoints
 
   def forward(self, x, labels):
     """Network output (B, C, H, W); divided by sigmas[labels] (float64) with `scale_by_sigma`."""

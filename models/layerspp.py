@@ -69,7 +69,7 @@ class ResnetBlockDDPMpp(layers.ResnetBlockDDPM):
                      num_groups=None)
 
 
-class ResnetBlockBigGANpp(nn.Module):
+class ResnetBlockBigGANpp(layers.RecomputedHalves, nn.Module):
   """BigGAN-style residual block, optionally resampling by 2 (Brock et al. 2019; NCSN++).
 
   h = GN-act, resampled (FIR or nearest/box), Conv_0, + Dense_0(act(temb)), GN-act-dropout,
@@ -112,13 +112,12 @@ class ResnetBlockBigGANpp(nn.Module):
       return up_or_down_sampling.naive_downsample_2d(x, factor=2)
     return x
 
+  def _first_half(self, x, temb):
+    return self._add_temb(self.Conv_0(self._resample(self.act(self.GroupNorm_0(x)))), temb)
+
   def forward(self, x, temb=None):
-    h = self._resample(self.act(self.GroupNorm_0(x)))
+    h = self._two_halves(x, temb)
     x = self._resample(x)
-    h = self.Conv_0(h)
-    if temb is not None:
-      h += self.Dense_0(self.act(temb))[:, :, None, None]
-    h = self.Conv_1(self.Dropout_0(self.act(self.GroupNorm_1(h))))
     if self.in_ch != self.out_ch or self.up or self.down:
       x = self.Conv_2(x)
     return layers.residual_sum(x, h, self.skip_rescale)

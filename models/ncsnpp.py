@@ -183,6 +183,8 @@ class NCSNpp(nn.Module):
     if progressive != 'output_skip':
       modules.extend(output_head(in_ch, channels, init_scale=init_scale))
     self.all_modules = nn.ModuleList(modules)
+    if self.checkpointing != 'none':
+      layers.checkpoint_halves(self)  # nested in the blocks' checkpoints
 
   def forward(self, x, time_cond):
     """Network output for images x (B, C, H, W) at noise labels time_cond (B,).

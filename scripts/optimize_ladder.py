@@ -140,16 +140,58 @@ def refine(path, error, g, sweeps=3):
   return path, best
 
 
-def run_solver(ode, sde, settings, sigmas, y, eps):
-  """The sampler's own run on a given ladder (sigmas None: the logSNR-uniform one), in y."""
+def run_solver(ode, sde, sampler, settings, sigmas, y, eps):
+  """The sampler's ('unipc' | 'dpm_solver', multistep) own run on a given ladder (sigmas None:
+  the logSNR-uniform one), in y."""
   common = dict(num_steps=len(sigmas) - 1 if sigmas else settings['steps'], order=settings['order'],
                 schedule='logsnr', eps=eps, sigmas=sigmas, z=y * ode.scale(sde.T),
                 device=y.device)
-  if settings['method'] == 'unipc':
+  if sampler == 'unipc':
     x, _ = unipc.unipc_sample(ode.score_model, sde, y.shape, variant=settings['variant'], **common)
   else:
     x, _ = fs.dpm_solver_sample(ode.score_model, sde, y.shape, method='multistep', **common)
   return x
+
+
+def fit(score_model, sde, eps, shape, sampler, settings, nfe, grid_levels=41, substeps=4, seed=0,
+        device='cpu'):
+  """The ladder of `sampler` ('unipc' | 'dpm_solver') with `settings` (budget_settings' dict:
+  order, variant, denoise_to_zero; multistep) at `nfe` evaluations for `score_model` (models.utils.ScoreModel), fitted on
+  shape[0] prior draws from `seed`. Returns (sigmas: the levels from sigma(T) down, errors:
+  dict of the end-to-end relative RMS errors of 'logsnr', 'dp' and 'fitted', the searched and
+  the refined grid paths, the searched path's summed local error)."""
+  settings = dict(settings, steps=nfe - bool(settings['denoise_to_zero']))
+  t_end = max(eps, float(sde.sigma_inverse(torch.tensor(fs.FINAL_SIGMA, dtype=torch.float64))))
+  grid = fs.get_sigma_schedule(sde, grid_levels, t_end, 'logsnr').tolist()
+  ode = fs.ScaledODE(score_model, sde, shape[0], device)
+  y0 = fs.initial_y(sde, shape, ode, None, torch.Generator().manual_seed(seed))
+  with torch.no_grad():
+    states, outs = teacher(ode, sde, grid, y0, substeps)
+    print(f'teacher: {ode.nfe} evaluations on {grid_levels} levels', flush=True)
+    step = step_fn(sampler, settings['variant'])
+    cost = local_costs(grid, states, outs, step, last=False)
+    last = local_costs(grid, states, outs, step, last=True) if sampler == 'unipc' else cost
+    dp_path, summed = best_path(cost, last, settings['steps'])
+    # D at the last level is the run's output at t = 0 when it ends with the denoising step.
+    target = outs[-1] if settings['denoise_to_zero'] else states[-1]
+
+    def error(path):
+      x = run_solver(ode, sde, sampler, settings,
+                     None if path is None else [grid[i] for i in path], y0, t_end)
+      y = x if settings['denoise_to_zero'] else x / ode.scale(t_end)
+      return ((y - target).pow(2).mean().sqrt() / target.pow(2).mean().sqrt()).item()
+
+    errors = {'logsnr': error(None), 'dp': error(dp_path)}
+    uniform = [round(v) for v in torch.linspace(0, grid_levels - 1, settings['steps'] + 1).tolist()]
+    start = dp_path if errors['dp'] <= error(uniform) else uniform
+    path, errors['fitted'] = refine(start, error, grid_levels)
+  if errors['fitted'] > errors['logsnr']:
+    # The logSNR ladder lies on the grid only when its steps divide the grid's intervals.
+    print(f'no ladder on this grid beats the logSNR-uniform one: it is the result (a --grid '
+          f'with a multiple of {settings["steps"]} intervals contains it)', flush=True)
+    sigmas = fs.get_sigma_schedule(sde, settings['steps'] + 1, t_end, 'logsnr').tolist()
+    return sigmas, dict(errors, fitted=errors['logsnr']), dp_path, None, summed
+  return [grid[i] for i in path], errors, dp_path, path, summed
 
 
 def main():
@@ -181,35 +223,11 @@ def main():
   if settings['method'] != 'multistep':
     raise SystemExit(f'{args.method} at {args.nfe} evaluations is single-step by default: pass '
                      '--order 2 or 3 for its multistep solver (the search steps multistep).')
-  settings['steps'] = args.nfe - bool(settings['denoise_to_zero'])
-  t_end = max(eps, float(sde.sigma_inverse(torch.tensor(fs.FINAL_SIGMA, dtype=torch.float64))))
-  grid = fs.get_sigma_schedule(sde, args.grid, t_end, 'logsnr').tolist()
-
   shape = (args.num, config.data.num_channels, config.data.image_size, config.data.image_size)
   score_model = mutils.ScoreModel.of(sde, model, continuous=config.training.continuous)
-  ode = fs.ScaledODE(score_model, sde, args.num, config.device)
-  y0 = fs.initial_y(sde, shape, ode, None, torch.Generator().manual_seed(args.seed))
-  with torch.no_grad():
-    states, outs = teacher(ode, sde, grid, y0, args.substeps)
-    print(f'teacher: {ode.nfe} evaluations on {args.grid} levels', flush=True)
-    step = step_fn(args.method, settings['variant'])
-    cost = local_costs(grid, states, outs, step, last=False)
-    last = local_costs(grid, states, outs, step, last=True) if args.method == 'unipc' else cost
-    dp_path, summed = best_path(cost, last, settings['steps'])
-    # D at the last level is the run's output at t = 0 when it ends with the denoising step.
-    target = outs[-1] if settings['denoise_to_zero'] else states[-1]
-
-    def error(path):
-      x = run_solver(ode, sde, settings, None if path is None else [grid[i] for i in path], y0,
-                     t_end)
-      y = x if settings['denoise_to_zero'] else x / ode.scale(t_end)
-      return ((y - target).pow(2).mean().sqrt() / target.pow(2).mean().sqrt()).item()
-
-    errors = {'logsnr': error(None), 'dp': error(dp_path)}
-    uniform = [round(v) for v in torch.linspace(0, args.grid - 1, settings['steps'] + 1).tolist()]
-    start = dp_path if errors['dp'] <= error(uniform) else uniform
-    path, errors['fitted'] = refine(start, error, args.grid)
-    sigmas = [grid[i] for i in path]
+  sigmas, errors, dp_path, path, summed = fit(score_model, sde, eps, shape, args.method, settings,
+                                              args.nfe, args.grid, args.substeps, args.seed,
+                                              config.device)
   print(f'dynamic programming: levels {dp_path} (summed local error {summed:.3g}, end-to-end '
         f'{errors["dp"]:.4g}); refined: {path}')
   print('sigmas ' + ', '.join(f'{s:.4g}' for s in sigmas))

@@ -23,7 +23,9 @@ STATE_DICTS = FIXTURES / 'state_dicts'
 REFERENCE_CONFIGS = sorted(p.stem.replace('__', '/') for p in STATE_DICTS.glob('*.json'))
 DEFAULTS = ['default_celeba_configs', 'default_cifar10_configs', 'default_lsun_configs']
 # Configs this project adds (not in score_sde_pytorch); nothing else may appear unannounced.
-PROJECT_CONFIGS = {'ve/digits_ncsnpp_continuous', 'vp/digits_ddpmpp_continuous'}
+PROJECT_CONFIGS = {'ve/digits_ncsnpp_continuous', 'vp/digits_ddpmpp_continuous',
+                   'vp/digits_ddpmpp_likelihood', 'vp/cifar10_ddpmpp_deep_likelihood',
+                   'subvp/cifar10_ddpmpp_deep_likelihood'}
 # Keys this project adds to the defaults, with their default values.
 NEW_KEYS = {'data.root': None, 'data.download': False, 'sampling.num_steps': 18,
             'sampling.order': None, 'sampling.progress': True,
@@ -45,6 +47,16 @@ NEW_KEYS = {'data.root': None, 'data.download': False, 'sampling.num_steps': 18,
             'eval.inception_mode': 'legacy_tensorflow', 'eval.inception_batch_size': 100,
             'eval.stats_file': None, 'eval.is_splits': 10, 'eval.ckpt_timeout_s': 259200.,
             'eval.ckpt_poll_s': 60., 'eval.feature_network': 'auto', 'eval.bpd_num_repeats': None,
+            # maximum-likelihood training (importance.py, likelihood.py)
+            'training.importance_weighting': False, 'training.smallest_time': 1e-5,
+            'eval.enable_bound': False, 'eval.bound_num_samples': 1000,
+            'eval.dequantization': 'uniform',
+            # post-hoc EMA (phema.py, phema_lib.py)
+            'training.phema_sigma_rels': [], 'training.phema_snapshot_freq': 25000,
+            'training.phema_snapshot_dtype': 'float32',
+            'phema.sigma_rels': '0.02,0.04,0.06,0.08,0.1,0.13,0.16,0.2', 'phema.ema_rates': '',
+            'phema.step': 'latest', 'phema.sweep': False, 'phema.sweep_num_samples': 256,
+            'phema.sweep_repeats': 3, 'phema.sweep_baseline': True,
             # precision and speed (precision.py); data loading
             'training.precision': 'fp32', 'training.compile': False,
             'training.compile_mode': 'default', 'training.cudnn_benchmark': None,

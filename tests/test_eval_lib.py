@@ -242,6 +242,15 @@ def test_a_folder_of_other_settings_is_refused_and_short_rounds_are_caught(tmp_p
   (workdir / 'eval_b10' / 'eval_config.json').write_text(json.dumps(dict(saved, seed_scheme=1)))
   with pytest.raises(ValueError, match=f'seed_scheme: 1 there, {SCHEME} now'):
     eval_lib.evaluate(config, str(workdir), eval_folder='eval_b10')
+  # A folder from before eval.dequantization / bound_num_samples existed resumes (its bits/dim
+  # were uniformly dequantized); one that recorded another dequantization is refused.
+  older = {k: v for k, v in saved['bpd'].items() if k not in ('dequantization', 'bound')}
+  (workdir / 'eval_b10' / 'eval_config.json').write_text(json.dumps(dict(saved, bpd=older)))
+  eval_lib.evaluate(config, str(workdir), eval_folder='eval_b10')
+  (workdir / 'eval_b10' / 'eval_config.json').write_text(
+    json.dumps(dict(saved, bpd=dict(older, dequantization='variational'))))
+  with pytest.raises(ValueError, match="dequantization: 'variational' there"):
+    eval_lib.evaluate(config, str(workdir), eval_folder='eval_b10')
   sample_dir = tmp_path / 'rounds'
   sample_dir.mkdir()
   for r in range(3):  # 3 rounds of 10 when 60 samples at batch 10 need 6 rounds of 10

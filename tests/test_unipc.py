@@ -214,12 +214,37 @@ def test_fitted_ladder_beats_the_logsnr_one_on_a_mixture():
   settings = dict(method='unipc', order=3, variant='bh2', steps=5)
 
   def error(p):
-    x = search.run_solver(ode, sde, settings, None if p is None else [grid[i] for i in p], y0,
-                          1e-5)
+    x = search.run_solver(ode, sde, 'unipc', settings,
+                          None if p is None else [grid[i] for i in p], y0, 1e-5)
     return (x - states[-1]).pow(2).mean().sqrt().item()
 
   refined, fitted = search.refine(path, error, len(grid))
   assert fitted <= error(path) and fitted < error(None), (fitted, error(path), error(None))
+
+
+def test_the_ladder_search_scores_the_sampler_it_fits():
+  """fit() refines on the end-to-end error of the sampler it fits (once it ran DPM-Solver for
+  every sampler): its 'logsnr' error is UniPC's own on the logSNR ladder, and differs from
+  DPM-Solver's with the same order."""
+  search = _optimize_ladder()
+  sde = sde_lib.VESDE()
+  mixture = GaussianMixture(torch.tensor([0.3, 0.7]), torch.stack([torch.full(EVENT, -0.6),
+                                                                   torch.full(EVENT, 0.6)]),
+                            torch.full((2,) + EVENT, 0.1))
+  score_fn = mutils_score(sde, mixture)
+  settings = dict(order=2, variant='bh2', denoise_to_zero=False)
+  shape = (32,) + EVENT
+  _, errors, _, _, _ = search.fit(score_fn, sde, 1e-5, shape, 'unipc', settings, 5,
+                                  grid_levels=9, substeps=2)
+  ode = fs.ScaledODE(score_fn, sde, 32, 'cpu')
+  grid = fs.get_sigma_schedule(sde, 9, 1e-5, 'logsnr').tolist()
+  y0 = fs.initial_y(sde, shape, ode, None, torch.Generator().manual_seed(0))
+  target = search.teacher(ode, sde, grid, y0, 2)[0][-1]
+  rel = lambda x: ((x / ode.scale(1e-5) - target).pow(2).mean().sqrt()
+                   / target.pow(2).mean().sqrt()).item()
+  own = rel(search.run_solver(ode, sde, 'unipc', dict(settings, steps=5), None, y0, 1e-5))
+  other = rel(search.run_solver(ode, sde, 'dpm_solver', dict(settings, steps=5), None, y0, 1e-5))
+  assert errors['logsnr'] == pytest.approx(own, rel=1e-6) and abs(own - other) > 1e-3 * own
 
 
 def mutils_score(sde, mixture):
