@@ -227,21 +227,34 @@ class Tracker:
     return path
 
 
+def check_resume(config, initial_step, resumed):
+  """The tracked widths of config.training (check_training_config), checked against the resume
+  checkpoint's entry `resumed` (its 'phema', or None) of a run at `initial_step`: ValueError when
+  a run resumed past step 0 has no tracker state, or one of other widths. Cheap: every rank
+  calls it, so a bad resume stops them all."""
+  widths = check_training_config(config)
+  if widths and resumed is None and initial_step > 0:
+    raise ValueError(f'The resume checkpoint (step {initial_step}) holds no power-function EMA '
+                     'state: the run was trained with training.phema_sigma_rels=(). Resume it '
+                     'with that setting, or start a new --workdir to track them from step 0.')
+  if widths and resumed is not None and [float(s) for s in resumed['sigma_rels']] != list(widths):
+    raise ValueError(f'The resume checkpoint tracks power-function EMAs of widths '
+                     f'{resumed["sigma_rels"]}, training.phema_sigma_rels asks for {list(widths)}: '
+                     'resume with the widths it was trained with (config.json).')
+  return widths
+
+
 def tracker_for_run(config, model, root, initial_step, resumed):
   """The tracker of a training run (None when training.phema_sigma_rels is empty), restored from
   the resume checkpoint's entry `resumed` (its 'phema', or None) when the run continues; logs the
   snapshots' disk use. ValueError when a run resumed past step 0 has no tracker state to continue
   from."""
-  widths = check_training_config(config)
+  widths = check_resume(config, initial_step, resumed)
   if not widths:
     return None
   tracker = Tracker(widths, model.parameters())
   if resumed is not None:
     tracker.load_state_dict(resumed, 'the resume checkpoint')
-  elif initial_step > 0:
-    raise ValueError(f'The resume checkpoint (step {initial_step}) holds no power-function EMA '
-                     'state: the run was trained with training.phema_sigma_rels=(). Resume it '
-                     'with that setting, or start a new --workdir to track them from step 0.')
   tc = config.training
   folder = os.path.join(root, SNAPSHOT_DIR)
   os.makedirs(folder, exist_ok=True)

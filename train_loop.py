@@ -323,7 +323,7 @@ def _run(config, trainer, rank, world, watch):
   # The power-function EMAs ride in the resume checkpoint only (rank 0 tracks them).
   resumed_phema = state.pop('phema', None)
   if trainer.tracks_phema:
-    phema.check_training_config(config)  # on every rank: a bad setting stops them all
+    phema.check_resume(config, initial_step, resumed_phema)  # every rank: all stop on an error
   tracker = (phema.tracker_for_run(config, model, trainer.layout.root, initial_step, resumed_phema)
              if trainer.tracks_phema and rank == 0 else None)
   state['model'] = trainer.training_model(model)
