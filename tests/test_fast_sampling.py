@@ -124,7 +124,7 @@ def test_dpm_solver_first_order_is_ddim_and_matches_heun_euler():
 @pytest.mark.parametrize('sde_name', ['ve', 'vp'])
 def test_heun_variance(sde_name):
   # Heun's error constant is large on this problem: at 19 NFE the variance is 30-55 % high
-  # (see the README's benchmark); at 99 NFE it is within 2 %.
+  # (see docs/samplers.md); at 99 NFE it is within 2 %.
   sde, eps, _, score_fn = _setup(sde_name)
   x, nfe = fs.heun_sample(score_fn, sde, (4000,) + EVENT, 50, eps,
                           generator=torch.Generator().manual_seed(0))
