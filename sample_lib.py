@@ -8,7 +8,8 @@
 It writes WORKDIR/generated/<config.sample.out>/
   images/000000.png ...  one PNG per image, named by its seed, each written atomically
   samples.npz            'samples': uint8 (N, H, W, C) in seed order (what evaluation reads)
-  grid.png               the first up-to-256 images in a square grid (inpaint / colorize also
+  grid.png               the first up-to-256 images in a square grid, images under 48 px enlarged
+                         (nearest) to be seen (inpaint / colorize also
                          inputs.png and masked.png: the inputs, and what the sampler was given)
   meta.json              checkpoint and step, sampler and settings, task, seeds, NFE and seconds
                          per batch, wall time, software versions
@@ -43,6 +44,7 @@ import torch.distributed as dist
 import distributed
 import preemption
 import sde_lib
+import visuals
 from checkpoints import load_score_model, resolve_checkpoint
 from datasets import to_uint8
 from seeds import IMAGE, SCHEME, derive_seed
@@ -174,9 +176,13 @@ def read_png(path, channels):
   return image[..., None] if image.ndim == 2 else image[..., :channels]
 
 
-def save_grid(images, path, nrow=None, padding=2):
+def save_grid(images, path, nrow=None, padding=2, min_side=visuals.MIN_SIDE):
   """uint8 (N, H, W, C) images in a grid (square unless `nrow` per row; torchvision's
-  make_grid layout, black padding), written as a PNG."""
+  make_grid layout, black padding), written as a PNG; images smaller than `min_side` pixels
+  enlarged k = ceil(min_side / side) times by pixel repetition (visuals.upscale), so 16x16
+  digits are seen without zooming (images/*.png and samples.npz keep the drawn size)."""
+  k = max(1, math.ceil(min_side / min(images.shape[1:3])))
+  images = images.repeat(k, axis=1).repeat(k, axis=2) if k > 1 else images
   n, h, w, c = images.shape
   nrow = nrow or int(math.ceil(math.sqrt(n)))
   rows = -(-n // nrow)

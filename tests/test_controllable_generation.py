@@ -365,14 +365,14 @@ def test_script_writes_input_masked_output_grids(tmp_path):
                        classifier_checkpoint=tmp_path / 'classifier/checkpoints/checkpoint_1.pth')
   # Digits have one channel: colorize is skipped; 10 classes x 1 sample each.
   assert set(written) == {'inpaint_input', 'inpaint_masked', 'inpaint_output', 'conditional_output'}
-  size = 4 * (16 + 2) + 2  # make_grid: 4 columns of 16 px with 2 px padding
+  size = 4 * (48 + 2) + 2  # make_grid: 4 columns of 16 px digits shown at 48, 2 px padding
   for name in ('inpaint_input', 'inpaint_masked', 'inpaint_output'):
-    assert Image.open(written[name]).size == (size, 3 * 18 + 2), name
-  assert Image.open(written['conditional_output']).size == (18 + 2, 10 * 18 + 2)
+    assert Image.open(written[name]).size == (size, 3 * 50 + 2), name
+  assert Image.open(written['conditional_output']).size == (50 + 2, 10 * 50 + 2)
   # The known (left) half of every inpainted digit is the test digit itself.
   inp = torch.from_numpy(np.asarray(Image.open(written['inpaint_input'])).copy())
   out = torch.from_numpy(np.asarray(Image.open(written['inpaint_output'])).copy())
-  left = [c for col in range(4) for c in range(2 + 18 * col, 2 + 18 * col + 8)]
+  left = [c for col in range(4) for c in range(2 + 50 * col, 2 + 50 * col + 24)]
   assert torch.equal(inp[:, left], out[:, left])
   with pytest.raises(ValueError, match='Unknown mask'):
     script.make_mask('square', (1, 1, 4, 4))

@@ -134,10 +134,13 @@ def _rel_rms(a, b):
   return ((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt()).item()
 
 
-def test_a_tracked_ema_is_reconstructed_from_the_other_snapshots(tmp_path):
+@pytest.mark.parametrize('dtype', ['float32', 'float16'])
+def test_a_tracked_ema_is_reconstructed_from_the_other_snapshots(tmp_path, dtype):
   """Track 0.05, 0.07 and 0.10; rebuild 0.07 at the last step from the 0.05 / 0.10 snapshots
-  alone: within 1e-3 relative RMS of the weights, and far closer than the nearest tracked EMA."""
-  config = _phema_config(80, freq=4, **{'training.eval_freq': 1000, 'training.log_freq': 1000})
+  alone: within 1e-3 relative RMS of the weights, and far closer than the nearest tracked EMA;
+  from float16 snapshots too (each rounded at 5e-4 relative)."""
+  config = _phema_config(80, freq=4, **{'training.eval_freq': 1000, 'training.log_freq': 1000,
+                                        'training.phema_snapshot_dtype': dtype})
   state = run_lib.train(config, str(tmp_path))
   snapshots = phema.list_snapshots(str(tmp_path))
   assert [s for s, _ in snapshots] == list(range(4, 81, 4))

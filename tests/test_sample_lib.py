@@ -164,9 +164,10 @@ def test_files_and_their_contents(trained, caplog):
   inside = ((samples > 0) & (samples < 255)).mean()
   assert inside > 0.4, inside  # a trained network: images (0.13 for random weights)
   grid = Image.open(folder / 'grid.png')
-  assert grid.size == (4 * 10 + 2, 3 * 10 + 2)  # 4 columns of 8 px + 2 px padding, 3 rows
-  top_left = np.asarray(grid)[2:10, 2:10]
-  assert np.array_equal(top_left, samples[0, ..., 0])
+  # 4 columns of 8 px images shown 6x (48 px, nearest) + 2 px padding, 3 rows
+  assert grid.size == (4 * 50 + 2, 3 * 50 + 2)
+  top_left = np.asarray(grid)[2:50, 2:50]
+  assert np.array_equal(top_left, samples[0, ..., 0].repeat(6, 0).repeat(6, 1))
   meta = json.loads((folder / 'meta.json').read_text())
   assert meta['checkpoint'] == {'path': _ckpt(trained, 2), 'step': 101}
   assert meta['sampler']['method'] == 'pc' and meta['sampler']['snr'] == 0.16
@@ -189,7 +190,7 @@ def test_grid_is_torchvision_make_grid(tmp_path):
   from torchvision.utils import make_grid
   images = np.random.default_rng(0).integers(0, 256, (7, 5, 6, 3), dtype=np.uint8)
   for nrow in (None, 2):
-    sample_lib.save_grid(images, tmp_path / 'grid.png', nrow)
+    sample_lib.save_grid(images, tmp_path / 'grid.png', nrow, min_side=1)
     expected = make_grid(torch.from_numpy(images).permute(0, 3, 1, 2), nrow=nrow or 3, padding=2)
     assert np.array_equal(np.asarray(Image.open(tmp_path / 'grid.png')),
                           expected.permute(1, 2, 0).numpy())
@@ -342,10 +343,11 @@ def test_inpainting_keeps_the_known_half_of_each_input(trained, tmp_path):
   known = sample_lib.to_uint8(inputs)[:, :, :4]
   assert np.array_equal(out[:, :, :4], known)  # left half: the digits themselves
   assert not np.array_equal(out[:, :, 4:], sample_lib.to_uint8(inputs)[:, :, 4:])
-  for name in ('inputs.png', 'masked.png'):  # 5 images: 3 columns, 2 rows
-    assert Image.open(folder / name).size == (32, 22)
-  masked = np.asarray(Image.open(folder / 'masked.png'))[2:10, 2:10]
-  assert (masked[:, 4:] == 127).all() and np.array_equal(masked[:, :4], known[0, :, :, 0])
+  for name in ('inputs.png', 'masked.png'):  # 5 images: 3 columns, 2 rows, 8 px shown at 48
+    assert Image.open(folder / name).size == (3 * 50 + 2, 2 * 50 + 2)
+  masked = np.asarray(Image.open(folder / 'masked.png'))[2:50, 2:50]
+  assert (masked[:, 24:] == 127).all()
+  assert np.array_equal(masked[:, :24], known[0, :, :, 0].repeat(6, 0).repeat(6, 1))
   meta = json.loads((folder / 'meta.json').read_text())
   assert meta['sample'] == {'task': 'inpaint', 'ema': True, 'pc_steps': 0,
                             'input': 'DIGITS eval split', 'mask': 'right'}
