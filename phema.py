@@ -205,12 +205,8 @@ class Tracker:
     return dict(sigma_rels=list(self.sigma_rels), t=self.t, averages=self.averages)
 
   def load_state_dict(self, state, source):
-    """Take t and the averages of `state` (from the checkpoint `source`); ValueError if it
-    tracked other widths or another network."""
-    if [float(s) for s in state['sigma_rels']] != list(self.sigma_rels):
-      raise ValueError(f'{source} tracks power-function EMAs of widths {state["sigma_rels"]}, '
-                       f'training.phema_sigma_rels asks for {list(self.sigma_rels)}: resume with '
-                       'the widths it was trained with (config.json).')
+    """Take t and the averages of `state` (from the checkpoint `source`, of the same widths:
+    `check_resume`); ValueError if it tracked another network."""
     for saved, own in zip(state['averages'], self.averages):
       if len(saved) != len(own) or any(a.shape != b.shape for a, b in zip(saved, own)):
         raise ValueError(f'The power-function EMAs of {source} do not fit this network.')

@@ -200,10 +200,7 @@ def test_fitted_ladder_beats_the_logsnr_one_on_a_mixture():
   5 evaluations): the fitted ladder's end-to-end error is below the logSNR-uniform ladder's."""
   search = _optimize_ladder()
   sde = sde_lib.VESDE()
-  mixture = GaussianMixture(torch.tensor([0.3, 0.7]), torch.stack([torch.full(EVENT, -0.6),
-                                                                   torch.full(EVENT, 0.6)]),
-                            torch.full((2,) + EVENT, 0.1))
-  score_fn = mutils_score(sde, mixture)
+  score_fn = _two_modes_score(sde)
   ode = fs.ScaledODE(score_fn, sde, 64, 'cpu')
   grid = fs.get_sigma_schedule(sde, 13, 1e-5, 'logsnr').tolist()
   y0 = fs.initial_y(sde, (64,) + EVENT, ode, None, torch.Generator().manual_seed(0))
@@ -211,7 +208,7 @@ def test_fitted_ladder_beats_the_logsnr_one_on_a_mixture():
   step = search.step_fn('unipc', 'bh2')
   path, _ = search.best_path(search.local_costs(grid, states, outs, step, False),
                              search.local_costs(grid, states, outs, step, True), 5)
-  settings = dict(method='unipc', order=3, variant='bh2', steps=5)
+  settings = dict(order=3, variant='bh2', steps=5)
 
   def error(p):
     x = search.run_solver(ode, sde, 'unipc', settings,
@@ -228,10 +225,7 @@ def test_the_ladder_search_scores_the_sampler_it_fits():
   DPM-Solver's with the same order."""
   search = _optimize_ladder()
   sde = sde_lib.VESDE()
-  mixture = GaussianMixture(torch.tensor([0.3, 0.7]), torch.stack([torch.full(EVENT, -0.6),
-                                                                   torch.full(EVENT, 0.6)]),
-                            torch.full((2,) + EVENT, 0.1))
-  score_fn = mutils_score(sde, mixture)
+  score_fn = _two_modes_score(sde)
   settings = dict(order=2, variant='bh2', denoise_to_zero=False)
   shape = (32,) + EVENT
   _, errors, _, _, _ = search.fit(score_fn, sde, 1e-5, shape, 'unipc', settings, 5,
@@ -245,6 +239,14 @@ def test_the_ladder_search_scores_the_sampler_it_fits():
   own = rel(search.run_solver(ode, sde, 'unipc', dict(settings, steps=5), None, y0, 1e-5))
   other = rel(search.run_solver(ode, sde, 'dpm_solver', dict(settings, steps=5), None, y0, 1e-5))
   assert errors['logsnr'] == pytest.approx(own, rel=1e-6) and abs(own - other) > 1e-3 * own
+
+
+def _two_modes_score(sde):
+  """The exact score of two modes (weights 0.3 / 0.7, means -0.6 / 0.6, std 0.1) of the ladder tests."""
+  mixture = GaussianMixture(torch.tensor([0.3, 0.7]), torch.stack([torch.full(EVENT, -0.6),
+                                                                   torch.full(EVENT, 0.6)]),
+                            torch.full((2,) + EVENT, 0.1))
+  return mutils_score(sde, mixture)
 
 
 def mutils_score(sde, mixture):
