@@ -22,6 +22,7 @@ import zipfile
 import numpy as np
 import torch
 
+import dequantizer
 import losses
 from models import utils as mutils
 from models.ema import ExponentialMovingAverage
@@ -77,7 +78,9 @@ def _portable_optimizer_state(optimizer):
 def save_checkpoint(path, state):
   """Write `state` to `path` atomically (`torch_save_atomic`)."""
   model_sd = unwrap(state['model']).state_dict()
-  saved = {k: v for k, v in state.items() if k not in ('optimizer', 'model', 'ema')}
+  # Extra entries with a state dict (the dequantizer) are saved as that state dict.
+  saved = {k: v.state_dict() if hasattr(v, 'state_dict') else v
+           for k, v in state.items() if k not in ('optimizer', 'model', 'ema')}
   saved.update(optimizer=_portable_optimizer_state(state['optimizer']),
                model={_PREFIX + k: _contiguous(v) for k, v in model_sd.items()},
                ema=_contiguous(state['ema'].state_dict()))
@@ -205,7 +208,11 @@ def restore_checkpoint(ckpt_path, state, device, trusted=False):
       raise ValueError(f'The optimizer state in {ckpt_path} does not fit this optimizer ({e}). '
                        'Was config.optim changed?') from e
   for key, value in loaded.items():
-    if key not in ('model', 'ema', 'optimizer'):
+    if key in ('model', 'ema', 'optimizer'):
+      continue
+    if hasattr(state.get(key), 'load_state_dict'):
+      state[key].load_state_dict(value)
+    else:
       state[key] = value
   return state
 
@@ -268,11 +275,15 @@ def restore_resume_checkpoint(layout, state, device, repair=True):
 
 def build_state(config, optimizer=True):
   """Model, EMA and (unless `optimizer` is False: evaluation and sampling need none) the optimizer
-  of `config`, as the state dict that training updates and checkpoints restore into strictly."""
+  of `config`, as the state dict that training updates and checkpoints restore into strictly;
+  with config.training.dequantizer, also 'dequantizer' (a `dequantizer.DequantizerState`)."""
   model = mutils.create_model(config)
   ema = ExponentialMovingAverage(model.parameters(), decay=config.model.ema_rate)
   opt = losses.get_optimizer(config, model.parameters()) if optimizer else None
-  return dict(optimizer=opt, model=model, ema=ema, step=0)
+  state = dict(optimizer=opt, model=model, ema=ema, step=0)
+  if config.training.dequantizer:  # the variational dequantizer trained with it
+    state['dequantizer'] = dequantizer.DequantizerState(config, optimizer)
+  return state
 
 
 def build_classifier_state(config, arch=None, optimizer=True):

@@ -5,7 +5,9 @@
   ckpt_N_loss.npz                   all_losses, mean_loss (EMA weights, whole test split)
   {train|test}_ckpt_N_bpd_K.npz     bits/dim of batch K (arr_0); the split is gone over
                                     config.eval.bpd_num_repeats times with fresh dequantization
-                                    noise (the reference: 5 on the test split, 1 on train)
+                                    noise (the reference: 5 on the test split, 1 on train);
+                                    eval.dequantization='variational' draws it from the
+                                    checkpoint's dequantizer (dequantizer.py) and adds log q
   ckpt_N/samples_R.npz              samples (uint8, N H W C) of sampling round R
   ckpt_N/statistics_R.npz           their Inception pool_3 and logits
   report_N.npz                      IS, fid, kid (+ IS_std, IS_1split, kid_std); on DIGITS
@@ -34,7 +36,6 @@ here] and ckpt_poll_s [60] for checkpoints that have not arrived, bpd_rtol / bpd
 inception_path, inception_mode ['legacy_tensorflow'], inception_batch_size, stats_file,
 is_splits [10].
 """
-import itertools
 import json
 import logging
 import math
@@ -54,10 +55,11 @@ import preemption
 import sampling
 import sde_lib
 import visuals
+from bits_per_dim import eval_bpd
 from checkpoints import build_state, restore_checkpoint
 from datasets import to_uint8
 from folder_lock import locked
-from seeds import BITS_PER_DIM, EVAL_MODE_LOSS, SAMPLING_ROUND, SCHEME, derive_seed
+from seeds import EVAL_MODE_LOSS, SAMPLING_ROUND, SCHEME, derive_seed
 from workdir import Layout, as_json, read_json, refuse_other_run, savez_atomic, write_json_atomic
 
 
@@ -102,6 +104,12 @@ def restore_ckpt(config, state, path, retries=2, retry_wait_s=60.):
       logging.warning('%s could not be read yet; retrying in %.0f s', path, retry_wait_s)
       time.sleep(retry_wait_s)
   state['ema'].copy_to(state['model'].parameters())
+  if config.eval.dequantization == 'variational':
+    if not state.get('dequantizer') or not state['dequantizer'].restored:
+      raise ValueError(f'{path} holds no variational dequantizer, which '
+                       'config.eval.dequantization="variational" evaluates with: train with '
+                       'config.training.dequantizer=True, or use --config.eval.dequantization=uniform.')
+    state['dequantizer'].ema_flow()
   return state
 
 
@@ -120,47 +128,6 @@ def eval_loss(config, state, sde, eval_ds, scaler, out_path):
   all_losses = np.asarray([step(state, scaler(batch.to(config.device))).item() for batch in eval_ds])
   savez_atomic(out_path, all_losses=all_losses, mean_loss=all_losses.mean())
   return float(all_losses.mean())
-
-
-def bpd_file(eval_dir, config, ckpt, batch_id, name='bpd'):  # name 'bound': the SDE bound's
-  return os.path.join(eval_dir, f'{config.eval.bpd_dataset.lower()}_ckpt_{ckpt}_{name}_{batch_id}.npz')
-
-
-def eval_bpd(config, model, likelihood_fn, ds_bpd, num_repeats, scaler, eval_dir, ckpt, name='bpd'):
-  """Bits/dim of every batch of `ds_bpd`, `num_repeats` times -> one file per batch.
-
-  Batch K = batch_id + len(ds_bpd) * repeat is skipped when its file exists, and handled by rank
-  K mod world_size. Returns the mean bits/dim over all batches (on rank 0, once all are done).
-  """
-  rank, world = distributed.rank_world()
-  total = len(ds_bpd) * num_repeats
-  pending = [k for k in range(rank, total, world)
-             if not os.path.exists(bpd_file(eval_dir, config, ckpt, k, name))]
-  if pending:
-    logging.info('ckpt %d: bits/dim of %d batch(es) of %d %s images with the %s (%d repeat(s) of '
-                 '%d batches; %d of them on this process still to do)', ckpt, len(pending),
-                 ds_bpd.batch_size, config.eval.bpd_dataset, {'bpd': 'probability-flow ODE',
-                 'bound': 'SDE likelihood bound'}[name], num_repeats, len(ds_bpd), len(pending))
-    # Repeat r reads epoch r of the stream: a new order and new dequantization noise.
-    stream = itertools.islice(ds_bpd.iterate(0), total)
-    todo = set(pending)
-    bar = tqdm(total=len(pending), desc=f'bits/dim ckpt {ckpt}', unit='batch', disable=rank != 0)
-    for k, batch in enumerate(stream):
-      if k not in todo:
-        continue
-      generator = torch.Generator(device=config.device).manual_seed(
-        derive_seed(config.seed, BITS_PER_DIM, ckpt, k, *(() if name == 'bpd' else (1,))))
-      start = time.perf_counter()
-      bpd, _, nfe = likelihood_fn(model, scaler(batch.to(config.device)), generator=generator)
-      bpd = bpd.detach().cpu().numpy().reshape(-1)
-      savez_atomic(bpd_file(eval_dir, config, ckpt, k, name), bpd)
-      bar.update(1)
-      logging.info('ckpt %d, repeat %d, batch %d: mean bpd %.6f (%d evaluations, %.1f s)', ckpt,
-                   k // len(ds_bpd), k % len(ds_bpd), bpd.mean(), nfe, time.perf_counter() - start)
-    bar.close()
-  distributed.barrier()
-  return float(np.concatenate([np.load(bpd_file(eval_dir, config, ckpt, k, name))['arr_0']
-                               for k in range(total)]).mean())
 
 
 def num_sampling_rounds(config):
@@ -260,9 +227,12 @@ def evaluate(config, workdir, eval_folder='eval'):
     _evaluate(config, workdir, eval_folder, rank)
 
 
-def build_tools(config, sde, sampling_eps):
+def build_tools(config, sde, sampling_eps, flow=None):
   """What the enabled evaluations need, built once: data streams, likelihood and sampling
   functions, the Inception network and the dataset statistics.
+
+  `flow`: the checkpoints' variational dequantizer (restored in place for each one), for
+  config.eval.dequantization='variational'.
 
   Returns (tools dict, sampling_error): when FID/IS/KID cannot run (no Inception weights or no
   statistics) but loss or bits/dim can, sampling_error is the exception to raise at the end.
@@ -311,9 +281,10 @@ def build_tools(config, sde, sampling_eps):
     if tools['num_repeats'] < 1:
       raise ValueError(f'config.eval.bpd_num_repeats is {repeats}; use 1 or more (or None for '
                        'the reference\'s 5 on the test split, 1 on train).')
-    tools['ds_bpd'] = eval_batches(config, train=split == 'train', uniform_dequantization=True,
-                                   repeat=True)
-    tools.update(likelihood.eval_functions(config, sde, inverse_scaler))  # ODE, bound
+    # (variational: 8-bit batches, dequantized by the flow inside the bits/dim functions)
+    tools['ds_bpd'] = eval_batches(config, train=split == 'train', repeat=True,
+                                   uniform_dequantization=ev.dequantization == 'uniform')
+    tools.update(likelihood.eval_functions(config, sde, inverse_scaler, flow))  # ODE, bound
   return tools, sampling_error
 
 
@@ -396,7 +367,8 @@ def _evaluate(config, workdir, eval_folder, rank):
   distributed.barrier()
   state = build_state(config, optimizer=False)
   sde, sampling_eps = sde_lib.get_sde(config)
-  tools, sampling_error = build_tools(config, sde, sampling_eps)
+  deq = state.get('dequantizer')
+  tools, sampling_error = build_tools(config, sde, sampling_eps, deq and deq.flow)
   for ckpt in range(ev.begin_ckpt, ev.end_ckpt + 1):
     path = Layout(workdir).snapshot(ckpt)
     wait_for_checkpoint(path, ev.ckpt_timeout_s, ev.ckpt_poll_s)

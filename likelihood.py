@@ -227,17 +227,20 @@ def get_likelihood_bound_fn(sde, inverse_scaler, eps=1e-5, num_samples=1000,
   return bound_fn
 
 
-DEQUANTIZATIONS = ('uniform', 'none')
+DEQUANTIZATIONS = ('uniform', 'variational', 'none')
 
 
-def eval_functions(config, sde, inverse_scaler):
+def eval_functions(config, sde, inverse_scaler, flow=None):
   """The bits/dim functions of `--mode eval` that config.eval enables: 'likelihood_fn' (the
   probability-flow ODE, `enable_bpd`) and 'bound_fn' (the SDE model's bound, `enable_bound`), each
   (model, data, generator=None) -> (bpd (B,), z or None, nfe), on data dequantized as
-  `config.eval.dequantization` says.
+  `config.eval.dequantization` says: 'uniform' expects uniformly dequantized data; 'variational'
+  the 8-bit data, dequantized by `flow` (`dequantizer.Dequantizer`, the checkpoint's), with
+  log q(u | x) / (D log 2) added (`dequantizer.variational_bpd_fn`).
 
   Raises:
-    ValueError for an unknown dequantization, and for 'none' with bits/dim enabled: every dataset
+    ValueError for an unknown dequantization, for 'variational' without a flow (a model trained
+    without config.training.dequantizer), and for 'none' with bits/dim enabled: every dataset
     here is 8-bit, and a continuous density evaluated on 256 levels has no bits/dim meaning (it
     can come out negative: the density at the levels grows without bound as the model sharpens).
   """
@@ -250,6 +253,11 @@ def eval_functions(config, sde, inverse_scaler):
     raise ValueError('config.eval.dequantization="none" gives no bits/dim of 8-bit images: a '
                      'density on 256 levels is not a probability of them (it can be negative in '
                      'bits/dim). Use --config.eval.dequantization=uniform (the paper\'s).')
+  if ev.dequantization == 'variational' and flow is None and (ev.enable_bpd or ev.enable_bound):
+    raise ValueError('config.eval.dequantization="variational" evaluates with the variational '
+                     'dequantizer trained with the model, and this config has none '
+                     '(config.training.dequantizer=False): use --config.eval.dequantization=uniform, '
+                     'or train with --config.training.dequantizer=True.')
   if ev.enable_bpd:
     fns['likelihood_fn'] = get_likelihood_fn(sde, inverse_scaler, rtol=ev.bpd_rtol, atol=ev.bpd_atol)
   if ev.enable_bound:
@@ -261,4 +269,7 @@ def eval_functions(config, sde, inverse_scaler):
       return bound_fn(score_model, data, generator=generator), None, score_model.nfe - start
 
     fns['bound_fn'] = bound_with_nfe
+  if ev.dequantization == 'variational':
+    import dequantizer
+    fns = {name: dequantizer.variational_bpd_fn(fn, flow, config) for name, fn in fns.items()}
   return fns

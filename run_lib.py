@@ -10,7 +10,8 @@ A workdir holds
   .lock, checkpoints-meta.prev/, image_check.json  the lock held while training, the resume
                                  checkpoint's previous version, an image folder's unreadable files
 
-Checkpoints hold model, optimizer, EMA, step, 'rng' (per-rank torch / CUDA / numpy / Python
+Checkpoints hold model, optimizer, EMA, step, ('dequantizer': the flow, its EMA and optimizer, with
+training.dequantizer), 'rng' (per-rank torch / CUDA / numpy / Python
 RNG states and the loss-noise generator) and, for fp16 training, 'grad_scaler' (the loss scale),
 and the data stream restarts at the batch it stopped at, so a resumed run continues exactly as if
 it had not stopped, in every config.training.precision. Writes are atomic
@@ -32,6 +33,7 @@ import torch
 import torch.distributed as dist
 
 import datasets
+import dequantizer
 import losses
 import precision as precision_lib
 import sde_lib
@@ -122,6 +124,7 @@ class ScoreTrainer(train_loop.Trainer):
     check_and_save_config(self.config, self.layout.root)
 
   def build_state(self):
+    dequantizer.check_training_config(self.config)
     return build_state(self.config)
 
   def prepare(self):
@@ -139,9 +142,13 @@ class ScoreTrainer(train_loop.Trainer):
     self.train_iter, self.eval_iter = build_data(config, run.initial_step, self.layout.image_check)
     self.scaler = datasets.get_data_scaler(config)
     sde, sampling_eps = sde_lib.get_sde(config)
-    self.train_step, self.eval_step = losses.step_fns_from_config(
-      config, sde, run.noise_generator, grad_scaler=self.grad_scaler,
-      shard=(run.rank, run.world) if run.world > 1 else None)
+    shard = (run.rank, run.world) if run.world > 1 else None
+    if tc.dequantizer:  # the score model and the variational dequantizer, on the bound
+      self.train_step, self.eval_step = dequantizer.joint_step_fns(
+        config, sde, state['dequantizer'], run.noise_generator, shard=shard)
+    else:
+      self.train_step, self.eval_step = losses.step_fns_from_config(
+        config, sde, run.noise_generator, grad_scaler=self.grad_scaler, shard=shard)
     self.eval_state = dict(state, model=run.model)  # evaluation bypasses DDP's gradient hooks
     self.sampler = None
     if tc.snapshot_sampling:
@@ -156,7 +163,9 @@ class ScoreTrainer(train_loop.Trainer):
 
   def scalars(self, state):
     fp16 = {} if self.grad_scaler is None else {'grad_scale': self.grad_scaler.get_scale()}
-    return dict(grad_norm=float(self.train_step.grad_norm), **fp16)
+    deq = {} if not self.config.training.dequantizer else {
+      'dequantizer_grad_norm': float(self.train_step.deq_grad_norm)}
+    return dict(grad_norm=float(self.train_step.grad_norm), **fp16, **deq)
 
   def evaluate(self, state, step):
     value = eval_loss(self.eval_step, self.eval_state, self.eval_iter, self.scaler, self.config,

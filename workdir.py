@@ -302,7 +302,8 @@ ADDED_KEYS = {'training.precision': 'fp32', 'training.tf32': None, 'model.channe
               'optim.adam_impl': 'default', 'training.max_runtime_s': None,
               'data.skip_unreadable': False, 'model.checkpointing': 'none',
               'training.importance_weighting': False, 'training.phema_sigma_rels': [],
-              'training.smallest_time': 1e-5}
+              'training.smallest_time': 1e-5, 'training.dequantizer': False,
+              'training.dequantizer_nf': 32, 'training.dequantizer_couplings': 4}
 
 
 def check_and_save_config(config, workdir):

@@ -12,7 +12,8 @@ estimators (each batch draws its own t and z from one seeded generator), eps = 1
 Both have the same expectation (importance.py; uniform t is heavy tailed, so at this n its sample
 mean and standard error run low), and the ratio of their variances is what importance sampling buys.
 `table`: mean bits/dim and bound over the images done so far (+- standard error over images) and
-per complete repeat of the 300 test digits, digits FD / CS. Both write
+per complete repeat of the 300 test digits, digits FD / CS, and each recipe's differences from the
+first one, image by image (mean +- standard error, ratio, on how many images it is lower). Both write
 bench/results/likelihood_training.json (sections merged).
 """
 import argparse
@@ -109,6 +110,24 @@ def table(args):
         if key in report:
           row[key] = report[key]
     rows[label] = row
+  # Paired with the first recipe, image by image: the test digits come in the same order for
+  # every recipe (and, with uniform dequantization, with the same noise and Hutchinson probes).
+  first, values = None, {}
+  for label, row in rows.items():
+    for name in ('bpd', 'bound'):
+      _, v = zip(*[_repeat_means(pathlib.Path(f), args.ckpt, name) for f in row['folders'].split(',')])
+      values[label, name] = np.concatenate([x for x in v if len(x)]) if any(len(x) for x in v) else None
+    if first is None:
+      first = label
+      continue
+    for name in ('bpd', 'bound'):
+      a, b = values[first, name], values[label, name]
+      if a is None or b is None or len(a) != len(b):
+        continue
+      d = b - a
+      row[f'{name}_paired'] = dict(mean=float(d.mean()), se=float(d.std(ddof=1) / math.sqrt(len(d))),
+                                   ratio=float(b.mean() / a.mean()), lower=int((d < 0).sum()),
+                                   images=len(d), against=first)
   print(f"{'recipe':<14}{'ODE bits/dim (images)':>26}{'bound (images)':>22}{'FD':>8}{'CS':>7}")
   for label, row in rows.items():
     cells = []
@@ -117,6 +136,12 @@ def table(args):
       cells.append(f"{r['mean']:.4f} +- {r['se']:.4f} ({r['images']})" if r else 'n/a')
     print(f"{label:<14}{cells[0]:>26} {cells[1]:>22}{row.get('digits_fd', float('nan')):>8.1f}"
           f"{row.get('digits_cs', float('nan')):>7.2f}")
+  for label, row in rows.items():
+    for name in ('bpd', 'bound'):
+      p = row.get(f'{name}_paired')
+      if p:
+        print(f"  {label} - {p['against']}, {name}: {p['mean']:+.4f} +- {p['se']:.4f} "
+              f"({p['ratio']:.3f}x; lower on {p['lower']} of {p['images']})")
   _merge(f'table_ckpt{args.ckpt}', rows)
 
 

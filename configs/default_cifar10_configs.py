@@ -57,6 +57,10 @@ def get_default_configs():
   training.importance_weighting = False        # with it, t ~ g^2 / std^2 and reweighted: the same
                                                # loss, far lower variance (importance.py)
   training.smallest_time = 1e-5                # t of the continuous loss is drawn from [this, 1]
+  training.dequantizer = False                 # train a variational dequantizer q(u | x) with
+                                               # the model, on the likelihood bound (dequantizer.py)
+  training.dequantizer_nf = 32                 # its channels
+  training.dequantizer_couplings = 4           # its affine coupling layers
   training.continuous = True                   # sample t in [eps, 1] (False: discrete N levels)
   training.reduce_mean = False                 # mean (not sum) of the loss over pixels
   training.max_runtime_s = config_dict.placeholder(float)  # stop after this many seconds of
@@ -134,7 +138,8 @@ def get_default_configs():
   evaluate.enable_bound = False                # and the SDE model's likelihood bound (bits/dim)
   evaluate.bound_num_samples = 1000            # time samples per image of the bound (reference's)
   evaluate.dequantization = 'uniform'          # of the 8-bit data for bits/dim: 'uniform' (the
-                                               # paper's); 'none' is refused (no bits/dim meaning)
+                                               # paper's), 'variational' (the checkpoint's trained
+                                               # dequantizer); 'none' is refused (no meaning)
   evaluate.bpd_dataset = 'test'                # split for the likelihoods: 'train' | 'test'
   evaluate.bpd_rtol = 1e-5                     # ODE tolerances of the likelihood (the reference's)
   evaluate.bpd_atol = 1e-5

@@ -26,20 +26,41 @@ def assert_close_scaled(actual, expected, rel=1e-4, name=''):
                       f'bound by {worst:.3g} (max|b| = {expected.abs().max().item():.3g})')
 
 
+def _assert_same_trainable(a, b, what):
+  """Weights, EMA and Adam state of two checkpoint entries, bit for bit."""
+  for key, value in a['model'].items():
+    assert torch.equal(value, b['model'][key]), f'{what}: {key}'
+  for x, y in zip(a['ema']['shadow_params'], b['ema']['shadow_params']):
+    assert torch.equal(x, y), f'{what}: EMA'
+  for i, state in a['optimizer']['state'].items():
+    assert all(torch.equal(v, b['optimizer']['state'][i][k]) for k, v in state.items()), what
+
+
 def assert_same_run(a, b):
   """Two training checkpoints (dicts) hold the same step, weights, EMA, Adam state, gradient
-  scaler and, for every rank, the same torch and loss-noise RNG states: bit for bit."""
+  scaler, variational dequantizer (weights, EMA, Adam state) and, for every rank, the same torch
+  and loss-noise RNG states: bit for bit."""
   assert a['step'] == b['step']
-  for key, value in a['model'].items():
-    assert torch.equal(value, b['model'][key]), key
-  for x, y in zip(a['ema']['shadow_params'], b['ema']['shadow_params']):
-    assert torch.equal(x, y)
-  for i, state in a['optimizer']['state'].items():
-    assert all(torch.equal(v, b['optimizer']['state'][i][k]) for k, v in state.items())
+  _assert_same_trainable(a, b, 'score model')
+  assert ('dequantizer' in a) == ('dequantizer' in b)
+  if 'dequantizer' in a:
+    _assert_same_trainable(a['dequantizer'], b['dequantizer'], 'dequantizer')
   assert len(a['rng']) == len(b['rng'])
   for x, y in zip(a['rng'], b['rng']):
     assert torch.equal(x['noise'], y['noise']) and torch.equal(x['torch'], y['torch'])
   assert a.get('grad_scaler') == b.get('grad_scaler')
+
+
+def whole_and_resumed_runs(tmp_path, overrides, n_iters=20, stop_at=10):
+  """The resume checkpoints of two runs of test_train.tiny_config(**overrides): one trained to
+  n_iters, one stopped at stop_at and resumed to n_iters."""
+  import run_lib
+  from test_train import tiny_config
+  run_lib.train(tiny_config(n_iters, **overrides), str(tmp_path / 'whole'))
+  run_lib.train(tiny_config(stop_at, **overrides), str(tmp_path / 'stopped'))
+  run_lib.train(tiny_config(n_iters, **overrides), str(tmp_path / 'stopped'))
+  return tuple(torch.load(tmp_path / run / 'checkpoints-meta' / 'checkpoint.pth',
+                          map_location='cpu', weights_only=True) for run in ('whole', 'stopped'))
 
 
 @pytest.fixture

@@ -24,8 +24,9 @@ REFERENCE_CONFIGS = sorted(p.stem.replace('__', '/') for p in STATE_DICTS.glob('
 DEFAULTS = ['default_celeba_configs', 'default_cifar10_configs', 'default_lsun_configs']
 # Configs this project adds (not in score_sde_pytorch); nothing else may appear unannounced.
 PROJECT_CONFIGS = {'ve/digits_ncsnpp_continuous', 'vp/digits_ddpmpp_continuous',
-                   'vp/digits_ddpmpp_likelihood', 'vp/cifar10_ddpmpp_deep_likelihood',
-                   'subvp/cifar10_ddpmpp_deep_likelihood'}
+                   'vp/digits_ddpmpp_likelihood', 'vp/digits_ddpmpp_likelihood_deq',
+                   'vp/cifar10_ddpmpp_deep_likelihood', 'vp/cifar10_ddpmpp_deep_likelihood_deq',
+                   'subvp/cifar10_ddpmpp_deep_likelihood', 'subvp/cifar10_ddpmpp_deep_likelihood_deq'}
 # Keys this project adds to the defaults, with their default values.
 NEW_KEYS = {'data.root': None, 'data.download': False, 'sampling.num_steps': 18,
             'sampling.order': None, 'sampling.progress': True,
@@ -49,6 +50,8 @@ NEW_KEYS = {'data.root': None, 'data.download': False, 'sampling.num_steps': 18,
             'eval.ckpt_poll_s': 60., 'eval.feature_network': 'auto', 'eval.bpd_num_repeats': None,
             # maximum-likelihood training (importance.py, likelihood.py)
             'training.importance_weighting': False, 'training.smallest_time': 1e-5,
+            'training.dequantizer': False, 'training.dequantizer_nf': 32,
+            'training.dequantizer_couplings': 4,
             'eval.enable_bound': False, 'eval.bound_num_samples': 1000,
             'eval.dequantization': 'uniform',
             # post-hoc EMA (phema.py, phema_lib.py)

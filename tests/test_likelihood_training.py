@@ -186,16 +186,9 @@ def test_importance_weighted_training_stops_and_resumes_bit_identically(tmp_path
   """Stopped at step 10 and resumed to 20, a VP run with likelihood and importance weighting ends
   with the weights, EMA, Adam state and RNG of the run that never stopped (its t draws come from
   the checkpointed loss-noise generator)."""
-  import run_lib
-  from conftest import assert_same_run
-  from test_train import tiny_config
-  overrides = {'training.sde': 'vpsde', 'training.likelihood_weighting': True,
-               'training.importance_weighting': True}
-  run_lib.train(tiny_config(20, **overrides), str(tmp_path / 'whole'))
-  run_lib.train(tiny_config(10, **overrides), str(tmp_path / 'stopped'))
-  run_lib.train(tiny_config(20, **overrides), str(tmp_path / 'stopped'))
-  load = lambda run: torch.load(tmp_path / run / 'checkpoints-meta' / 'checkpoint.pth',
-                                map_location='cpu', weights_only=True)
-  whole, resumed = load('whole'), load('stopped')
+  from conftest import assert_same_run, whole_and_resumed_runs
+  whole, resumed = whole_and_resumed_runs(tmp_path, {
+    'training.sde': 'vpsde', 'training.likelihood_weighting': True,
+    'training.importance_weighting': True})
   assert whole['step'] == 21
   assert_same_run(whole, resumed)

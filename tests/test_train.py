@@ -227,26 +227,40 @@ def test_snapshot_samples_are_written_atomically(tmp_path, monkeypatch):
     image.verify()  # complete
 
 
-def _ddp_worker(rank, world, workdir, port):
+def _ddp_worker(rank, world, workdir, port, overrides):
   os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank),
                     WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
   torch.set_num_threads(1)
-  run_lib.train(tiny_config(6, **{'model.dropout': 0.}), workdir)  # joins and leaves the group
+  run_lib.train(tiny_config(6, **overrides), workdir)  # joins and leaves the group
+
+
+# With the variational dequantizer (dequantizer.py): its gradients are averaged over the ranks.
+_DEQUANTIZER = {'training.sde': 'vpsde', 'training.likelihood_weighting': True,
+                'training.importance_weighting': True, 'training.dequantizer': True,
+                'training.dequantizer_nf': 8, 'data.uniform_dequantization': False}
 
 
 @pytest.mark.slow
-def test_two_process_ddp_matches_one_process(tmp_path):
+@pytest.mark.parametrize('extra', [{}, _DEQUANTIZER], ids=['plain', 'dequantizer'])
+def test_two_process_ddp_matches_one_process(tmp_path, extra):
   import socket
   import torch.multiprocessing as mp
+  overrides = {'model.dropout': 0., **extra}
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
-  mp.spawn(_ddp_worker, args=(2, str(tmp_path / 'ddp'), port), nprocs=2, join=True)
-  run_lib.train(tiny_config(6, **{'model.dropout': 0.}), str(tmp_path / 'one'))
+  mp.spawn(_ddp_worker, args=(2, str(tmp_path / 'ddp'), port, overrides), nprocs=2, join=True)
+  run_lib.train(tiny_config(6, **overrides), str(tmp_path / 'one'))
   ddp, one = (_load(tmp_path / run / 'checkpoints-meta' / 'checkpoint.pth') for run in ('ddp', 'one'))
   assert ddp['step'] == one['step'] == 7 and len(ddp['rng']) == 2
   for key, value in one['model'].items():
     torch.testing.assert_close(ddp['model'][key], value, rtol=1e-5, atol=1e-6, msg=key)
+  if extra:  # the flow's zero-initialised last layers have moved, alike in both runs
+    assert min(v.abs().max().item() for k, v in one['dequantizer']['model'].items()
+               if k.endswith('net.4.weight')) > 1e-5
+    for key, value in one['dequantizer']['model'].items():
+      torch.testing.assert_close(ddp['dequantizer']['model'][key], value, rtol=1e-5, atol=1e-6,
+                                 msg=key)
   init = checkpoints.build_state(tiny_config())['model'].state_dict()
   moved = max((one['model']['module.' + k] - v).abs().max().item() for k, v in init.items())
   assert moved > 1e-3  # the comparison is between trained weights, not two copies of the init

@@ -6,7 +6,7 @@ configs/vp/cifar10_ddpmpp_deep_continuous.py run with --config.training.likeliho
 the flags). Evaluate bits/dim (uniform dequantization) and the bound:
     python main.py --config configs/vp/cifar10_ddpmpp_deep_likelihood.py --workdir runs/c10_vp_lik --mode eval \
         --config.eval.enable_bpd=True --config.eval.enable_bound=True
-Variational dequantization (the paper's 2.83 bits/dim row) is not in this repository yet.
+With a variational dequantizer: configs/vp/cifar10_ddpmpp_deep_likelihood_deq.py.
 """
 from configs.vp.cifar10_ddpmpp_deep_continuous import get_config as get_deep_config
 

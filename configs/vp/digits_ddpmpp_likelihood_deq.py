@@ -1,0 +1,14 @@
+"""The likelihood twin of the VP digits recipe (configs/vp/digits_ddpmpp_likelihood.py) with a
+variational dequantizer q(u | x) trained jointly on the likelihood bound (dequantizer.py), and
+nothing else changed (same network, steps, seed). Evaluate its bits/dim with the dequantizer:
+    python main.py --config configs/vp/digits_ddpmpp_likelihood_deq.py --workdir runs/digits_vp_deq --mode train
+    python main.py --config configs/vp/digits_ddpmpp_likelihood_deq.py --workdir runs/digits_vp_deq --mode eval
+"""
+from configs.vp.digits_ddpmpp_likelihood import get_config as get_likelihood_config
+
+
+def get_config():
+  config = get_likelihood_config()
+  config.training.dequantizer = True
+  config.eval.dequantization = 'variational'
+  return config
