@@ -175,7 +175,7 @@ for method in ('RK45', 'dopri5'):
 
 DPM-Solver++ (Lu et al. 2022) integrates the same ODE in a few large steps
 (`sampling.method = 'dpm_solver'`, `sampling.num_steps` = the NFE, `sampling.order`,
-`sampling.dpm_method` = `multistep` or `singlestep`); the README's sampler table compares it with
+`sampling.dpm_method` = `multistep` or `singlestep`); docs/samplers.md's sampler table compares it with
 the others at equal NFE. EDM's Heun sampler is `sampling.method = 'heun'`.'''),
   ('code', '''\
 fast_config = config.copy_and_resolve_references()

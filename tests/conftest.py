@@ -51,6 +51,24 @@ def assert_same_run(a, b):
   assert a.get('grad_scaler') == b.get('grad_scaler')
 
 
+def _as_rank(rank, world, port, worker, args):
+  os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank),
+                    WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+  torch.set_num_threads(1)
+  worker(rank, world, *args)
+
+
+def spawn_ranks(worker, *args, world=2):
+  """Run worker(rank, world, *args) in `world` processes with the environment torchrun gives
+  (a free port on 127.0.0.1) and one torch thread each; returns when all have finished."""
+  import socket
+  import torch.multiprocessing as mp
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  mp.spawn(_as_rank, args=(world, port, worker, args), nprocs=world, join=True)
+
+
 def whole_and_resumed_runs(tmp_path, overrides, n_iters=20, stop_at=10):
   """The resume checkpoints of two runs of test_train.tiny_config(**overrides): one trained to
   n_iters, one stopped at stop_at and resumed to n_iters."""

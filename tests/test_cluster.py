@@ -29,7 +29,7 @@ import preemption
 import run_lib
 import sample_lib
 import workdir
-from conftest import assert_same_run
+from conftest import assert_same_run, spawn_ranks
 from test_train import _load, python_command, tiny_config
 
 N_ITERS = 20
@@ -142,10 +142,7 @@ def test_sigusr1_and_max_runtime_stop_after_a_step_and_resume_bit_identically(
     run_lib.train(tiny_config(N_ITERS, **{'training.max_runtime_s': -1}), str(tmp_path))
 
 
-def _ddp_worker(rank, world, folder, port):
-  os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank),
-                    WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-  torch.set_num_threads(1)
+def _ddp_worker(rank, world, folder):
   limit = 0.001 if rank == 1 else None  # only rank 1 wants to stop
   try:
     run_lib.train(tiny_config(6, **{'model.dropout': 0., 'training.max_runtime_s': limit}), folder)
@@ -156,11 +153,7 @@ def _ddp_worker(rank, world, folder, port):
 
 @pytest.mark.slow
 def test_ddp_ranks_agree_on_the_step_to_stop_at(tmp_path):
-  import torch.multiprocessing as mp
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]
-  mp.spawn(_ddp_worker, args=(2, str(tmp_path), port), nprocs=2, join=True)
+  spawn_ranks(_ddp_worker, str(tmp_path))
   assert 'stop request of another process: step 0 was its last' in (tmp_path / 'stopped_0').read_text()
   assert 'max_runtime_s = 0.001 s: step 0 was its last' in (tmp_path / 'stopped_1').read_text()
   saved = _meta(tmp_path)

@@ -279,10 +279,7 @@ def test_every_process_samples_or_none(tmp_path, monkeypatch):
   assert 'sampling_fn' not in tools and 'inception' not in tools and 'likelihood_fn' in tools
 
 
-def _tools_worker(rank, world, port, failing_rank, out):
-  os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank),
-                    WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-  torch.set_num_threads(1)
+def _tools_worker(rank, world, failing_rank, out):
   config = tiny_config(pathlib.Path(out))
   config.eval.feature_network = 'digits'
   if rank == failing_rank:
@@ -301,12 +298,8 @@ def _tools_worker(rank, world, port, failing_rank, out):
 def test_two_processes_agree_whether_to_sample(tmp_path):
   """Rank 1 cannot load the feature network: neither rank samples (their barriers would pair
   wrongly otherwise), and the error names the cause on each."""
-  import socket
-  import torch.multiprocessing as mp
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]
-  mp.spawn(_tools_worker, args=(2, port, 1, str(tmp_path)), nprocs=2, join=True)
+  from conftest import spawn_ranks
+  spawn_ranks(_tools_worker, 1, str(tmp_path))
   ranks = [json.loads((tmp_path / f'rank{r}.json').read_text()) for r in range(2)]
   assert [r['sampling'] for r in ranks] == [False, False]
   assert 'another process' in ranks[0]['error'] and 'no feature network here' in ranks[1]['error']

@@ -234,21 +234,14 @@ def test_batch_size_and_seed_range_give_the_same_images(trained):
   assert _names(folder) == [f'{k:06d}.png' for k in range(5, 10)]
 
 
-def _gloo_worker(rank, world, workdir, port):
-  os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank),
-                    WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-  torch.set_num_threads(1)
+def _gloo_worker(rank, world, workdir):
   sample_lib.sample(tiny_config(**{'sample.out': 'ddp'}), workdir)
 
 
 @pytest.mark.slow
 def test_two_gloo_processes_give_the_same_images(trained):
-  import socket
-  import torch.multiprocessing as mp
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]
-  mp.spawn(_gloo_worker, args=(2, str(trained), port), nprocs=2, join=True)
+  from conftest import spawn_ranks
+  spawn_ranks(_gloo_worker, str(trained))
   folder = trained / 'generated' / 'ddp'
   _assert_same_images(_samples(folder), _samples(_run(trained, sample__out='one')))
   meta = json.loads((folder / 'meta.json').read_text())

@@ -227,10 +227,7 @@ def test_snapshot_samples_are_written_atomically(tmp_path, monkeypatch):
     image.verify()  # complete
 
 
-def _ddp_worker(rank, world, workdir, port, overrides):
-  os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank),
-                    WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-  torch.set_num_threads(1)
+def _ddp_worker(rank, world, workdir, overrides):
   run_lib.train(tiny_config(6, **overrides), workdir)  # joins and leaves the group
 
 
@@ -243,13 +240,9 @@ _DEQUANTIZER = {'training.sde': 'vpsde', 'training.likelihood_weighting': True,
 @pytest.mark.slow
 @pytest.mark.parametrize('extra', [{}, _DEQUANTIZER], ids=['plain', 'dequantizer'])
 def test_two_process_ddp_matches_one_process(tmp_path, extra):
-  import socket
-  import torch.multiprocessing as mp
+  from conftest import spawn_ranks
   overrides = {'model.dropout': 0., **extra}
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]
-  mp.spawn(_ddp_worker, args=(2, str(tmp_path / 'ddp'), port, overrides), nprocs=2, join=True)
+  spawn_ranks(_ddp_worker, str(tmp_path / 'ddp'), overrides)
   run_lib.train(tiny_config(6, **overrides), str(tmp_path / 'one'))
   ddp, one = (_load(tmp_path / run / 'checkpoints-meta' / 'checkpoint.pth') for run in ('ddp', 'one'))
   assert ddp['step'] == one['step'] == 7 and len(ddp['rng']) == 2
