@@ -94,6 +94,8 @@ def restore_ckpt(config, state, path, retries=2, retry_wait_s=60.):
   A file written by the official code (not atomically) can be read while still incomplete, so a
   corrupt read is retried after `retry_wait_s`.
   """
+  if state.get('dequantizer'):
+    state['dequantizer'].restored = False  # set again only if this file holds one
   for attempt in range(retries + 1):
     try:
       restore_checkpoint(path, state, device=config.device)

@@ -239,6 +239,11 @@ def test_eval_uses_the_trained_flow_and_refuses_checkpoints_without_one(tmp_path
   write_checkpoint(plain, tmp_path / 'plain')
   with pytest.raises(ValueError, match='holds no variational dequantizer'):
     eval_lib.evaluate(config, str(tmp_path / 'plain'))
+  # Also when it follows one that has a flow (the restored flow is not taken for its own).
+  write_checkpoint(plain, workdir, ckpt=2)
+  ev.end_ckpt = 2
+  with pytest.raises(ValueError, match=r'checkpoint_2\.pth holds no variational'):
+    eval_lib.evaluate(config, str(workdir))
 
 
 def test_training_with_the_dequantizer_stops_and_resumes_bit_identically(tmp_path):
