@@ -77,13 +77,9 @@ def accuracy(classifier, sde, batches, scaler, t, eps, device, generator=None):
 
 def _evaluate(model, ema, sde, test_ds, scaler, cc, eps, device, generator):
   """Test accuracy of the EMA weights at each of cc.eval_times."""
-  ema.store(model.parameters())
-  ema.copy_to(model.parameters())
-  try:
+  with ema.averaged(model.parameters()):
     return {f't={t:g}': accuracy(model, sde, test_ds, scaler, t, eps, device, generator)
             for t in cc.eval_times}
-  finally:
-    ema.restore(model.parameters())
 
 
 class _Labelled(typing.NamedTuple):

@@ -160,16 +160,13 @@ def joint_loss_fn(sde, config, deq, train):
   the likelihood-weighted score loss on y = (255 x + u) / 256, u ~ q(. | x) from deq.flow, plus
   (E[-log p_T(x_T)] + log q(u | x)) / c (module doc). `batch` is the scaled 8-bit batch."""
   tc = config.training
-  check_training_config(config)
   base = losses.get_sde_loss_fn(sde, train, reduce_mean=tc.reduce_mean, continuous=True,
                                 likelihood_weighting=True,
                                 importance_weighting=tc.importance_weighting, eps=tc.smallest_time)
   scaler, inverse_scaler = datasets.get_data_scaler(config), datasets.get_data_inverse_scaler(config)
 
   def loss_fn(model, batch, generator=None, shard=None):
-    rank, world = shard if shard is not None else (0, 1)
-    draw = lambda: torch.randn((batch.shape[0] * world,) + tuple(batch.shape[1:]),
-                               generator=generator, device=batch.device)[rank::world]
+    draw = lambda: losses.draw_normal(batch, shard, generator)
     x01 = quantized(inverse_scaler(batch))
     y01, log_q = dequantize(deq.flow, x01, draw())
     y = scaler(y01)
@@ -200,13 +197,8 @@ class JointStep:
   def __call__(self, state, batch):
     deq, params = self.deq, list(self.deq.flow.parameters())
     if not self.step_fn.train:
-      with torch.no_grad():
-        deq.ema.store(params)
-        deq.ema.copy_to(params)
-        try:
-          return self.step_fn(state, batch)
-        finally:
-          deq.ema.restore(params)
+      with torch.no_grad(), deq.ema.averaged(params):
+        return self.step_fn(state, batch)
     deq.flow.train()
     deq.optimizer.zero_grad(set_to_none=True)
     loss = self.step_fn(state, batch)
@@ -222,7 +214,9 @@ class JointStep:
 
 
 def joint_step_fns(config, sde, deq, noise_generator, shard=None):
-  """The training and evaluation `JointStep`s of config (training.dequantizer=True)."""
+  """The training and evaluation `JointStep`s of config (training.dequantizer=True; ValueError,
+  naming the fix, for settings it cannot train with)."""
+  check_training_config(config)
   tc = config.training
   world = shard[1] if shard is not None else 1
   optimize_fn = losses.optimization_manager(config)

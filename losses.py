@@ -98,11 +98,17 @@ def _draw(batch, shard, generator, draw_labels):
   order score_sde_pytorch uses (so with shard=None and no generator the draws are the same).
   """
   rank, world = shard if shard is not None else (0, 1)
-  n = batch.shape[0] * world
-  labels = draw_labels(n)
-  z = torch.randn((n,) + tuple(batch.shape[1:]), generator=generator, device=batch.device,
-                  dtype=batch.dtype)
-  return labels[rank::world], z[rank::world]
+  labels = draw_labels(batch.shape[0] * world)
+  return labels[rank::world], draw_normal(batch, shard, generator)
+
+
+def draw_normal(batch, shard, generator):
+  """Standard normal noise of `batch`'s shape: drawn for the global batch (shard = (rank, world),
+  or None) from `generator`, this rank's rows kept."""
+  rank, world = shard if shard is not None else (0, 1)
+  z = torch.randn((batch.shape[0] * world,) + tuple(batch.shape[1:]), generator=generator,
+                  device=batch.device, dtype=batch.dtype)
+  return z[rank::world]
 
 
 def get_sde_loss_fn(sde, train, reduce_mean=True, continuous=True, likelihood_weighting=True, eps=1e-5,
@@ -254,14 +260,8 @@ class StepFn:
       state['ema'].update(model.parameters())
       return loss.detach()
     ema = state['ema']
-    with torch.no_grad():
-      ema.store(model.parameters())
-      ema.copy_to(model.parameters())
-      try:
-        loss = self._loss(model, batch)
-      finally:
-        ema.restore(model.parameters())
-    return loss
+    with torch.no_grad(), ema.averaged(model.parameters()):
+      return self._loss(model, batch)
 
 
 def get_step_fn(sde, train, optimize_fn=None, reduce_mean=False, continuous=True,

@@ -81,12 +81,8 @@ def save_samples(sampler, model, ema, sample_dir, step, config, rank, world):
   devices = [config.device] if config.device.type == 'cuda' else []
   with torch.random.fork_rng(devices=devices):
     torch.manual_seed(derive_seed(config.seed, SNAPSHOT_SAMPLES, step, rank))
-    ema.store(model.parameters())
-    ema.copy_to(model.parameters())
-    try:
+    with ema.averaged(model.parameters()):
       samples, nfe = sampler(model)
-    finally:
-      ema.restore(model.parameters())
   if rank == 0:
     logging.info('step %d: samples drawn (%d evaluations, %.1f s)', step, nfe,
                  time.perf_counter() - start)

@@ -92,7 +92,7 @@ def _repeat_means(eval_dir, ckpt, name, batches_per_repeat=3):
 
 
 def table(args):
-  rows = {}
+  rows, values = {}, {}  # values: (label, 'bpd' | 'bound') -> the per-image numbers
   for spec in args.run:
     label, folders = spec.split('=', 1)
     row = dict(folders=folders, ckpt=args.ckpt)
@@ -101,10 +101,11 @@ def table(args):
       report_path = eval_dir / 'report.json'
       report = json.loads(report_path.read_text()).get(str(args.ckpt), {}) if report_path.exists() else {}
       for name in ('bpd', 'bound'):
-        means, values = _repeat_means(eval_dir, args.ckpt, name)
-        if len(values):
-          row[name] = dict(mean=float(np.mean(values)), images=len(values),
-                           se=float(np.std(values, ddof=1) / math.sqrt(len(values))),
+        means, found = _repeat_means(eval_dir, args.ckpt, name)
+        if len(found):
+          values[label, name] = found
+          row[name] = dict(mean=float(np.mean(found)), images=len(found),
+                           se=float(np.std(found, ddof=1) / math.sqrt(len(found))),
                            complete_repeats=means)
       for key in ('loss', 'digits_fd', 'digits_cs', 'digits_fd_floor', 'digits_cs_floor'):
         if key in report:
@@ -112,16 +113,10 @@ def table(args):
     rows[label] = row
   # Paired with the first recipe, image by image: the test digits come in the same order for
   # every recipe (and, with uniform dequantization, with the same noise and Hutchinson probes).
-  first, values = None, {}
-  for label, row in rows.items():
+  first = next(iter(rows))
+  for label, row in list(rows.items())[1:]:
     for name in ('bpd', 'bound'):
-      _, v = zip(*[_repeat_means(pathlib.Path(f), args.ckpt, name) for f in row['folders'].split(',')])
-      values[label, name] = np.concatenate([x for x in v if len(x)]) if any(len(x) for x in v) else None
-    if first is None:
-      first = label
-      continue
-    for name in ('bpd', 'bound'):
-      a, b = values[first, name], values[label, name]
+      a, b = values.get((first, name)), values.get((label, name))
       if a is None or b is None or len(a) != len(b):
         continue
       d = b - a

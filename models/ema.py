@@ -1,5 +1,7 @@
 """Exponential moving average of parameters, with score_sde_pytorch's decay warm-up and
 state-dict format (`decay`, `num_updates`, `shadow_params`)."""
+import contextlib
+
 import torch
 
 
@@ -49,6 +51,18 @@ class ExponentialMovingAverage:
     """Put back the parameters saved by `store`."""
     for c_param, param in zip(self.collected_params, parameters):
       param.data.copy_(c_param.data)
+
+  @contextlib.contextmanager
+  def averaged(self, parameters):
+    """Within the block, `parameters` hold the averages; their own values come back after it,
+    also when it raises (`store`, `copy_to`, `restore`)."""
+    parameters = list(parameters)
+    self.store(parameters)
+    self.copy_to(parameters)
+    try:
+      yield
+    finally:
+      self.restore(parameters)
 
   def state_dict(self):
     return dict(decay=self.decay, num_updates=self.num_updates, shadow_params=self.shadow_params)

@@ -1,16 +1,9 @@
-"""configs/subvp/cifar10_ddpmpp_deep_likelihood.py with a variational dequantizer q(u | x) trained
-jointly on the likelihood bound (dequantizer.py; training.dequantizer), and its bits/dim and bound
-evaluated with it: the variational-dequantization rows of Song, Durkan, Murray & Ermon (2021),
-Table 2 (score_flow trains its Flow++ dequantizer after the score model, with that model fixed;
-here the small affine flow trains with it). Not trained here.
-    python main.py --config configs/subvp/cifar10_ddpmpp_deep_likelihood_deq.py --workdir runs/c10_subvp_deq --mode eval \
-        --config.eval.enable_bpd=True --config.eval.enable_bound=True
+"""The sub-VP twin of configs/vp/cifar10_ddpmpp_deep_likelihood_deq.py (see there):
+configs/subvp/cifar10_ddpmpp_deep_likelihood.py with the variational dequantizer. Not trained here.
 """
 from configs.subvp.cifar10_ddpmpp_deep_likelihood import get_config as get_likelihood_config
+from configs.vp._dequantizer import set_dequantizer
 
 
 def get_config():
-  config = get_likelihood_config()
-  config.training.dequantizer = True
-  config.eval.dequantization = 'variational'
-  return config
+  return set_dequantizer(get_likelihood_config())

@@ -6,11 +6,9 @@ here the small affine flow trains with it). Not trained here.
     python main.py --config configs/vp/cifar10_ddpmpp_deep_likelihood_deq.py --workdir runs/c10_vp_deq --mode eval \
         --config.eval.enable_bpd=True --config.eval.enable_bound=True
 """
+from configs.vp._dequantizer import set_dequantizer
 from configs.vp.cifar10_ddpmpp_deep_likelihood import get_config as get_likelihood_config
 
 
 def get_config():
-  config = get_likelihood_config()
-  config.training.dequantizer = True
-  config.eval.dequantization = 'variational'
-  return config
+  return set_dequantizer(get_likelihood_config())

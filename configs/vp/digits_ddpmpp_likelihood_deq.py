@@ -4,11 +4,9 @@ nothing else changed (same network, steps, seed). Evaluate its bits/dim with the
     python main.py --config configs/vp/digits_ddpmpp_likelihood_deq.py --workdir runs/digits_vp_deq --mode train
     python main.py --config configs/vp/digits_ddpmpp_likelihood_deq.py --workdir runs/digits_vp_deq --mode eval
 """
+from configs.vp._dequantizer import set_dequantizer
 from configs.vp.digits_ddpmpp_likelihood import get_config as get_likelihood_config
 
 
 def get_config():
-  config = get_likelihood_config()
-  config.training.dequantizer = True
-  config.eval.dequantization = 'variational'
-  return config
+  return set_dequantizer(get_likelihood_config())
